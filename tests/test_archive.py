@@ -1,0 +1,34 @@
+import pytest
+
+from erpmail import archive
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERPMAIL_ARCHIVE_URL", f"file://{tmp_path}/store")
+    return tmp_path / "store"
+
+
+def test_store_read_delete_round_trip(_store):
+    key = archive.store("dunning/2026/run-1/000123.pdf", b"%PDF-1.7 x")
+    assert (_store / "dunning/2026/run-1/000123.pdf").read_bytes() == b"%PDF-1.7 x"
+    assert archive.read(key) == b"%PDF-1.7 x"
+    assert archive.exists(key)
+    assert archive.delete(key) is True
+    assert not archive.exists(key)
+    assert archive.delete(key) is False
+    assert [p.name for p in (_store / "dunning/2026/run-1").iterdir()] == []
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "a/../../b", "/abs", "a//b", ""])
+def test_keys_that_leave_the_root_are_refused(key):
+    with pytest.raises(ValueError, match="plain relative path"):
+        archive.path_of(key)
+
+
+@pytest.mark.parametrize(
+    "raw,safe",
+    [("../../etc/passwd", "etc_passwd"), ("Rechnung Ä\r\n.pdf", "Rechnung_.pdf"), ("..", "_")],
+)
+def test_safe_part_leaves_no_separator_or_dots(raw, safe):
+    assert archive.safe_part(raw) == safe
