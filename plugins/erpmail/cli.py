@@ -42,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     seed_cmd = sub.add_parser("seed", help="insert deterministic demo data")
     seed_cmd.add_argument("--partners", type=int, default=200)
     seed_cmd.add_argument("--seed", type=int, default=1)
-    seed_cmd.add_argument("--as-of", type=date.fromisoformat, default=None,
-                          help="date the open items are spread back from (default today)")
+    seed_cmd.add_argument(
+        "--as-of",
+        type=date.fromisoformat,
+        default=None,
+        help="date the open items are spread back from (default today)",
+    )
     seed_cmd.set_defaults(func=_seed)
     return parser
 

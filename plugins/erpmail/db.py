@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,9 @@ def _airflow_url() -> str | None:
     env = os.environ.get("AIRFLOW_CONN_ERP_DB")
     if env and not env.lstrip().startswith("{"):
         return env.replace("postgres://", "postgresql://", 1)
+    if not env and "airflow.sdk" not in sys.modules:
+        # outside Airflow (the CLI, the tests) importing it costs a second and its logging
+        return None
     try:
         from airflow.sdk import BaseHook
 

@@ -35,7 +35,9 @@ INSERT_CONTACTS = "INSERT INTO erp.contacts (partner_id, name, email, role) VALU
 INSERT_ITEMS = """
 INSERT INTO erp.open_items (partner_id, side, doc_number, doc_type, doc_date, due_date, amount,
     open_amount, currency, dunning_block, disputed) VALUES %s"""
-INSERT_PROJECTS = "INSERT INTO erp.projects (number, subproject, phase, name, partner_id) VALUES %s"
+INSERT_PROJECTS = """
+INSERT INTO erp.projects (number, subproject, phase, name, partner_id) VALUES %s
+ON CONFLICT DO NOTHING"""
 INSERT_CASES = "INSERT INTO erp.cases (number, subject, partner_id) VALUES %s"
 NEXT_PARTNER_NUMBER = "SELECT count(*) FROM erp.partners WHERE company = %s"
 
@@ -47,49 +49,104 @@ LEVELS = [  # level, days overdue, minimum amount, fee
 
 TEXTS = {
     "de": [
-        ("Zahlungserinnerung", "sicher haben Sie übersehen, dass die folgenden Posten fällig sind.",
-         "Sollten Sie die Zahlung bereits veranlasst haben, betrachten Sie dieses Schreiben bitte als gegenstandslos."),
-        ("1. Mahnung", "leider konnten wir bis heute keinen Zahlungseingang für die folgenden Posten feststellen.",
-         "Bitte überweisen Sie den offenen Betrag innerhalb von 10 Tagen."),
-        ("Letzte Mahnung", "trotz unserer Erinnerungen sind die folgenden Posten weiterhin offen.",
-         "Geht die Zahlung nicht binnen 7 Tagen ein, übergeben wir die Forderung einem Inkassobüro."),
+        (
+            "Zahlungserinnerung",
+            "sicher haben Sie übersehen, dass die folgenden Posten fällig sind.",
+            "Sollten Sie die Zahlung bereits veranlasst haben, betrachten Sie dieses Schreiben bitte als gegenstandslos.",
+        ),
+        (
+            "1. Mahnung",
+            "leider konnten wir bis heute keinen Zahlungseingang für die folgenden Posten feststellen.",
+            "Bitte überweisen Sie den offenen Betrag innerhalb von 10 Tagen.",
+        ),
+        (
+            "Letzte Mahnung",
+            "trotz unserer Erinnerungen sind die folgenden Posten weiterhin offen.",
+            "Geht die Zahlung nicht binnen 7 Tagen ein, übergeben wir die Forderung einem Inkassobüro.",
+        ),
     ],
     "en": [
-        ("Payment reminder", "you may have overlooked that the following items are due.",
-         "If you have already paid, please disregard this letter."),
-        ("First dunning notice", "we have not yet received payment for the following items.",
-         "Please pay the open amount within 10 days."),
-        ("Final notice", "despite our reminders the following items remain unpaid.",
-         "If we do not receive payment within 7 days we will pass the claim to a collection agency."),
+        (
+            "Payment reminder",
+            "you may have overlooked that the following items are due.",
+            "If you have already paid, please disregard this letter.",
+        ),
+        (
+            "First dunning notice",
+            "we have not yet received payment for the following items.",
+            "Please pay the open amount within 10 days.",
+        ),
+        (
+            "Final notice",
+            "despite our reminders the following items remain unpaid.",
+            "If we do not receive payment within 7 days we will pass the claim to a collection agency.",
+        ),
     ],
     "nl": [
-        ("Betalingsherinnering", "wellicht is het u ontgaan dat de volgende posten vervallen zijn.",
-         "Heeft u al betaald, dan kunt u deze brief als niet verzonden beschouwen."),
-        ("Eerste aanmaning", "wij hebben nog geen betaling ontvangen voor de volgende posten.",
-         "Wij verzoeken u het openstaande bedrag binnen 10 dagen te betalen."),
-        ("Laatste aanmaning", "ondanks onze herinneringen staan de volgende posten nog open.",
-         "Indien wij binnen 7 dagen geen betaling ontvangen, dragen wij de vordering over aan een incassobureau."),
+        (
+            "Betalingsherinnering",
+            "wellicht is het u ontgaan dat de volgende posten vervallen zijn.",
+            "Heeft u al betaald, dan kunt u deze brief als niet verzonden beschouwen.",
+        ),
+        (
+            "Eerste aanmaning",
+            "wij hebben nog geen betaling ontvangen voor de volgende posten.",
+            "Wij verzoeken u het openstaande bedrag binnen 10 dagen te betalen.",
+        ),
+        (
+            "Laatste aanmaning",
+            "ondanks onze herinneringen staan de volgende posten nog open.",
+            "Indien wij binnen 7 dagen geen betaling ontvangen, dragen wij de vordering over aan een incassobureau.",
+        ),
     ],
 }
 
 NAMES = {
-    "de": (["Müller", "Schäfer", "Größer", "Köhler", "Weiß", "Bäcker", "Schröder", "Jürgens",
-            "Hoffmann", "Wagner", "Lößl", "Brückner"],
-           ["Bau GmbH", "& Söhne OHG", "Elektrotechnik KG", "Möbelwerkstätten GmbH",
-            "Getränkehandel e.K.", "Druckerei AG", "Gärtnerei GbR"],
-           ["Hauptstraße 1", "Königsallee 12", "Mühlenweg 7", "Schloßstraße 3"],
-           [("10115", "Berlin"), ("80331", "München"), ("50667", "Köln"), ("01067", "Dresden")],
-           "DE", ["buchhaltung", "info", "rechnung"]),
-    "en": (["Smith", "Taylor", "Brown", "Wilson", "Clarke", "Hughes", "O'Neill", "Baker"],
-           ["Logistics Ltd", "Engineering plc", "& Sons Ltd", "Trading Co."],
-           ["1 High Street", "22 Mill Lane", "5 Church Road"],
-           [("EC1A 1BB", "London"), ("M1 1AE", "Manchester"), ("LS1 1UR", "Leeds")],
-           "GB", ["accounts", "finance", "info"]),
-    "nl": (["Van der Berg", "De Vries", "Jansen", "Bakker", "Visser", "Van Dijk", "Smit"],
-           ["B.V.", "Techniek B.V.", "Installatie V.O.F.", "Handelsonderneming"],
-           ["Keizersgracht 12", "Stationsplein 3", "Dorpsstraat 8"],
-           [("1015 CJ", "Amsterdam"), ("3511 AX", "Utrecht"), ("2511 BT", "Den Haag")],
-           "NL", ["administratie", "boekhouding", "info"]),
+    "de": (
+        [
+            "Müller",
+            "Schäfer",
+            "Größer",
+            "Köhler",
+            "Weiß",
+            "Bäcker",
+            "Schröder",
+            "Jürgens",
+            "Hoffmann",
+            "Wagner",
+            "Lößl",
+            "Brückner",
+        ],
+        [
+            "Bau GmbH",
+            "& Söhne OHG",
+            "Elektrotechnik KG",
+            "Möbelwerkstätten GmbH",
+            "Getränkehandel e.K.",
+            "Druckerei AG",
+            "Gärtnerei GbR",
+        ],
+        ["Hauptstraße 1", "Königsallee 12", "Mühlenweg 7", "Schloßstraße 3"],
+        [("10115", "Berlin"), ("80331", "München"), ("50667", "Köln"), ("01067", "Dresden")],
+        "DE",
+        ["buchhaltung", "info", "rechnung"],
+    ),
+    "en": (
+        ["Smith", "Taylor", "Brown", "Wilson", "Clarke", "Hughes", "O'Neill", "Baker"],
+        ["Logistics Ltd", "Engineering plc", "& Sons Ltd", "Trading Co."],
+        ["1 High Street", "22 Mill Lane", "5 Church Road"],
+        [("EC1A 1BB", "London"), ("M1 1AE", "Manchester"), ("LS1 1UR", "Leeds")],
+        "GB",
+        ["accounts", "finance", "info"],
+    ),
+    "nl": (
+        ["Van der Berg", "De Vries", "Jansen", "Bakker", "Visser", "Van Dijk", "Smit"],
+        ["B.V.", "Techniek B.V.", "Installatie V.O.F.", "Handelsonderneming"],
+        ["Keizersgracht 12", "Stationsplein 3", "Dorpsstraat 8"],
+        [("1015 CJ", "Amsterdam"), ("3511 AX", "Utrecht"), ("2511 BT", "Den Haag")],
+        "NL",
+        ["administratie", "boekhouding", "info"],
+    ),
 }
 CH_CITIES = [("8001", "Zürich"), ("3011", "Bern"), ("4051", "Basel")]
 GROUPS = ["retail", "wholesale", "public", "export"]
@@ -108,10 +165,20 @@ def seed_company(cur: psycopg2.extensions.cursor, company: str = COMPANY) -> Non
     """The company, its dunning levels and their texts; idempotent."""
     cur.execute(
         INSERT_COMPANY,
-        (company, "Muster Handels GmbH", "Friedrichstraße 100", "10117", "Berlin",
-         "buchhaltung@muster-handels.example.com", "+49 30 1234567", "DE02120300000000202051"),
+        (
+            company,
+            "Muster Handels GmbH",
+            "Friedrichstraße 100",
+            "10117",
+            "Berlin",
+            "buchhaltung@muster-handels.example.com",
+            "+49 30 1234567",
+            "DE02120300000000202051",
+        ),
     )
-    execute_values(cur, INSERT_LEVELS, [(company, lv, days, mn, fee, True) for lv, days, mn, fee in LEVELS])
+    execute_values(
+        cur, INSERT_LEVELS, [(company, lv, days, mn, fee, True) for lv, days, mn, fee in LEVELS]
+    )
     rows = [
         (company, level, lang, *texts[level - 1])
         for lang, texts in TEXTS.items()
@@ -130,13 +197,32 @@ def _partner(rng: random.Random, number: str, company: str) -> tuple:
     roll = rng.random()
     is_supplier = roll < 0.25
     is_customer = roll >= 0.15  # 10% are both
-    email = None if rng.random() < 0.1 else f"{rng.choice(mailboxes)}@{_slug(name)}-{number}.example.com"
-    return (company, number, name, is_customer, is_supplier, rng.choice(streets), postcode, city,
-            country, email, email is not None and rng.random() < 0.06, lang, rng.choice(GROUPS),
-            rng.random() < 0.03)
+    email = (
+        None
+        if rng.random() < 0.1
+        else f"{rng.choice(mailboxes)}@{_slug(name)}-{number}.example.com"
+    )
+    return (
+        company,
+        number,
+        name,
+        is_customer,
+        is_supplier,
+        rng.choice(streets),
+        postcode,
+        city,
+        country,
+        email,
+        email is not None and rng.random() < 0.06,
+        lang,
+        rng.choice(GROUPS),
+        rng.random() < 0.03,
+    )
 
 
-def _items(rng: random.Random, partner_id: int, number: str, row: tuple, as_of: date) -> list[tuple]:
+def _items(
+    rng: random.Random, partner_id: int, number: str, row: tuple, as_of: date
+) -> list[tuple]:
     is_customer, is_supplier, country = row[3], row[4], row[8]
     items = []
     sides = (["receivable"] if is_customer else []) + (["payable"] if is_supplier else [])
@@ -148,14 +234,39 @@ def _items(rng: random.Random, partner_id: int, number: str, row: tuple, as_of: 
             due = doc_date + timedelta(days=rng.choice([14, 30]))
             amount = _money(rng, 40, 4800)
             open_amount = amount if rng.random() < 0.85 else (amount / 2).quantize(Decimal("0.01"))
-            items.append((partner_id, side, f"{prefix}{number}-{n + 1:03d}", "invoice", doc_date,
-                          due, amount, open_amount, currency, rng.random() < 0.02,
-                          rng.random() < 0.03))
+            items.append(
+                (
+                    partner_id,
+                    side,
+                    f"{prefix}{number}-{n + 1:03d}",
+                    "invoice",
+                    doc_date,
+                    due,
+                    amount,
+                    open_amount,
+                    currency,
+                    rng.random() < 0.02,
+                    rng.random() < 0.03,
+                )
+            )
         if rng.random() < 0.12:
             doc_date = as_of - timedelta(days=rng.randint(0, 60))
             amount = -_money(rng, 20, 600)
-            items.append((partner_id, side, f"GS{number}-001", "credit_note", doc_date, doc_date,
-                          amount, amount, "EUR", False, False))
+            items.append(
+                (
+                    partner_id,
+                    side,
+                    f"GS{number}-001",
+                    "credit_note",
+                    doc_date,
+                    doc_date,
+                    amount,
+                    amount,
+                    "EUR",
+                    False,
+                    False,
+                )
+            )
     return items
 
 
@@ -195,8 +306,16 @@ def seed(
             for ph in (1, 2)
         ]
         execute_values(cur, INSERT_PROJECTS, projects, page_size=1000)
-        cases = [(f"T{start + c + 1:06d}", f"Anfrage {c + 1}", ids[c][0]) for c in range(min(20, len(ids)))]
+        cases = [
+            (f"T{start + c + 1:06d}", f"Anfrage {c + 1}", ids[c][0])
+            for c in range(min(20, len(ids)))
+        ]
         execute_values(cur, INSERT_CASES, cases)
     conn.commit()
-    return {"partners": len(rows), "contacts": len(contacts), "open_items": len(items),
-            "projects": len(projects), "cases": len(cases)}
+    return {
+        "partners": len(rows),
+        "contacts": len(contacts),
+        "open_items": len(items),
+        "projects": len(projects),
+        "cases": len(cases),
+    }
