@@ -39,8 +39,10 @@ class SmtpAccountError(Exception):
 
 
 class SmtpDropped(Exception):
-    """The connection broke while sending one message. ``after_dot``: the whole message
-    reached the server, so it may have been accepted (a retry may duplicate it)."""
+    """The connection broke while sending one message. ``after_dot``: the whole message,
+    final dot included, left this client before the break, so the server may have accepted
+    it and a retry may duplicate it (the client cannot tell; a drop mid-DATA on a small
+    message looks the same)."""
 
     def __init__(self, reason: str, *, after_dot: bool) -> None:
         super().__init__(reason)
