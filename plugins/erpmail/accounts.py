@@ -55,7 +55,9 @@ LIMIT 1"""
 # the next claim as well.
 LOCK_THROTTLE = """
 SELECT send_interval_seconds, hourly_cap,
-       greatest(extract(epoch FROM next_send_at - clock_timestamp()), 0)::float8 AS interval_wait,
+       CASE WHEN next_send_at > clock_timestamp()
+            THEN extract(epoch FROM next_send_at - clock_timestamp())::float8 ELSE 0 END
+            AS interval_wait,
        (SELECT count(*) FROM mail.outbox o
          WHERE o.account_id = a.id AND o.status = 'sending') AS sending,
        (SELECT count(*) FROM mail.outbox o
