@@ -1,0 +1,322 @@
+"""Batch PDF rendering and splitting, on letters built from the seeded partners and items."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from dataclasses import replace
+from datetime import date, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pypdf
+import pytest
+
+from erpmail import pdf
+from erpmail.db import transaction
+from erpmail.templates import (
+    Company,
+    LetterContext,
+    LetterItem,
+    LetterTexts,
+    Partner,
+    Templates,
+)
+
+# --- a small test-side loader: seeded rows -> LetterContext (the dunning module does this for real)
+
+COMPANY_SQL = """
+SELECT code, name, street, postcode, city, country, email, phone, iban
+FROM erp.companies WHERE code = 'DEMO'"""
+PARTNERS_SQL = """
+SELECT p.id, p.number, p.name, p.street, p.postcode, p.city, p.country, p.email, p.language
+FROM erp.partners p
+WHERE p.company = 'DEMO' AND EXISTS (
+    SELECT 1 FROM erp.open_items i
+    WHERE i.partner_id = p.id AND i.side = 'receivable' AND i.open_amount <> 0)
+ORDER BY p.number"""
+ITEMS_SQL = """
+SELECT partner_id, doc_number, doc_type, doc_date, due_date, amount, open_amount, currency
+FROM erp.open_items
+WHERE side = 'receivable' AND open_amount <> 0 AND partner_id = ANY(%s)
+ORDER BY partner_id, due_date, doc_number"""
+LEVELS_SQL = "SELECT level, days_overdue, fee, fee_currency FROM erp.dunning_levels WHERE company = 'DEMO' ORDER BY level"
+TEXTS_SQL = (
+    "SELECT level, language, subject, intro, closing FROM erp.dunning_texts WHERE company = 'DEMO'"
+)
+
+
+def load_contexts(
+    conn, *, limit: int | None = None, key_date: date | None = None
+) -> list[LetterContext]:
+    """Dunning letter contexts for seeded partners with open receivables (all items listed)."""
+    key_date = key_date or date.today()
+    with transaction(conn) as cur:
+        cur.execute(COMPANY_SQL)
+        company = Company(*cur.fetchone())
+        cur.execute(PARTNERS_SQL)
+        partners = [Partner(*row) for row in cur.fetchall()][:limit]
+        cur.execute(ITEMS_SQL, ([p.id for p in partners],))
+        rows = cur.fetchall()
+        cur.execute(LEVELS_SQL)
+        levels = cur.fetchall()
+        cur.execute(TEXTS_SQL)
+        texts = {(lv, lang): LetterTexts(s, i, c) for lv, lang, s, i, c in cur.fetchall()}
+    items: dict[int, list[LetterItem]] = {p.id: [] for p in partners}
+    for partner_id, number, doc_type, doc_date, due, amount, open_amount, currency in rows:
+        days = (key_date - due).days
+        level = max((lv for lv, need, _, _ in levels if days >= need), default=None)
+        items[partner_id].append(
+            LetterItem(
+                number, doc_type, doc_date, due, amount, open_amount, currency, max(days, 0), level
+            )
+        )
+    contexts = []
+    for partner in partners:
+        level = max((i.level for i in items[partner.id] if i.level), default=1)
+        _, _, fee, fee_currency = levels[level - 1]
+        contexts.append(
+            LetterContext(
+                document="dunning",
+                company=company,
+                partner=partner,
+                key_date=key_date,
+                items=items[partner.id],
+                texts=texts[(level, partner.language or "de")],
+                reference=f"T1-{partner.number}",
+                level=level,
+                fee=fee,
+                fee_currency=fee_currency,
+            )
+        )
+    return contexts
+
+
+def sources(
+    contexts: list[LetterContext], templates: Templates | None = None
+) -> list[pdf.LetterSource]:
+    templates = templates or Templates()
+    return [
+        pdf.LetterSource(c.partner.number, templates.render_letter(c).letter_html) for c in contexts
+    ]
+
+
+def pdf_text(data: bytes) -> str:
+    reader = pypdf.PdfReader(io.BytesIO(data))
+    return "\n".join(page.extract_text() for page in reader.pages).replace("\xa0", " ")
+
+
+def money_text(context: LetterContext, amount: Decimal, currency: str) -> str:
+    return (
+        Templates()
+        .env.from_string("{{ a|money(c) }}")
+        .render(a=amount, c=currency, language=context.partner.language or "de")
+        .replace("\xa0", " ")
+    )
+
+
+# --- tests
+
+
+def test_each_split_pdf_holds_its_own_partner_and_no_other(seeded_db):
+    contexts = load_contexts(seeded_db, limit=12)
+    assert len({c.partner.language for c in contexts}) >= 3  # a mix of de/en/nl/none
+    results = pdf.render_batch(sources(contexts))
+
+    assert [r.key for r in results] == [c.partner.number for c in contexts]
+    for context, result in zip(contexts, results, strict=True):
+        assert result.ok, result.error
+        text = pdf_text(result.pdf)
+        assert re.search(rf"\b{context.partner.number}\b", text)
+        for item in context.items:
+            assert item.doc_number in text
+        for currency, total in context.totals.items():
+            assert money_text(context, total, currency) in text
+        for other in contexts:
+            if other is context:
+                continue
+            assert not re.search(rf"\b{other.partner.number}\b", text), other.partner.number
+            assert not any(item.doc_number in text for item in other.items)
+
+
+def test_a_forty_item_letter_is_one_three_page_pdf(seeded_db):
+    first, second, third = load_contexts(seeded_db, limit=3)
+    template = second.items[0]
+    many = [
+        replace(
+            template, doc_number=f"RE{second.partner.number}-L{n:03d}", open_amount=Decimal("10.00")
+        )
+        for n in range(40)
+    ]
+    long_letter = replace(second, items=many)
+    results = pdf.render_batch(sources([first, long_letter, third]))
+
+    assert [r.pages for r in results] == [1, 3, 1]
+    reader = pypdf.PdfReader(io.BytesIO(results[1].pdf))
+    assert len(reader.pages) == 3
+    text = pdf_text(results[1].pdf)
+    assert all(item.doc_number in text for item in many)
+    assert first.partner.number not in text and third.partner.number not in text
+    page_of = {"de": "Seite {} von 3", "en": "Page {} of 3", "nl": "Pagina {} van 3"}
+    words = page_of[second.partner.language or "de"]
+    for number, page in enumerate(reader.pages, start=1):
+        assert words.format(number) in page.extract_text()
+    for neighbour, result in ((first, results[0]), (third, results[2])):
+        assert re.search(rf"\b{neighbour.partner.number}\b", pdf_text(result.pdf))
+
+
+def test_umlauts_euro_metadata_and_embedded_fonts(seeded_db):
+    context = next(
+        c
+        for c in load_contexts(seeded_db)
+        if c.partner.language == "de" and re.search("[äöüß]", c.partner.name)
+    )
+    context = replace(context, company=replace(context.company, name="Müller & Größe GmbH"))
+    (result,) = pdf.render_batch(sources([context]))
+    text = pdf_text(result.pdf)
+    assert context.partner.name in text
+    assert (
+        "€" in text and "Müller & Größe GmbH" in text and "Mahngebühr" in text or context.fee == 0
+    )
+
+    reader = pypdf.PdfReader(io.BytesIO(result.pdf))
+    meta = reader.metadata
+    assert meta.title == f"{context.texts.subject} {context.reference}"
+    assert meta.author == "Müller & Größe GmbH"
+    assert context.partner.name in meta.subject
+    assert meta.creation_date is not None
+    fonts = []
+    for page in reader.pages:
+        for font in page["/Resources"]["/Font"].values():
+            font = font.get_object()
+            descendant = (
+                font["/DescendantFonts"][0].get_object() if "/DescendantFonts" in font else font
+            )
+            fonts.append(descendant["/FontDescriptor"].get_object())
+    assert fonts and all("/FontFile2" in f or "/FontFile3" in f or "/FontFile" in f for f in fonts)
+
+
+def test_pdf_a3b_variant_carries_output_intent_and_xmp(seeded_db):
+    (context,) = load_contexts(seeded_db, limit=1)
+    (result,) = pdf.render_batch(sources([context]), pdf_variant="pdf/a-3b")
+    reader = pypdf.PdfReader(io.BytesIO(result.pdf))
+    root = reader.trailer["/Root"]
+    assert "/OutputIntents" in root
+    xmp = root["/Metadata"].get_object().get_data()
+    assert b'pdfaid:part="3"' in xmp and b'pdfaid:conformance="B"' in xmp
+    assert context.reference.encode() in xmp
+    with pytest.raises(ValueError, match="pdf_variant"):
+        pdf.render_batch(sources([context]), pdf_variant="pdf/x-9")
+
+
+def test_created_date_from_the_letter_context(seeded_db):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    (context,) = load_contexts(seeded_db, limit=1)
+    created = datetime(2024, 3, 5, 9, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+    (result,) = pdf.render_batch(sources([replace(context, created=created)]))
+    meta = pypdf.PdfReader(io.BytesIO(result.pdf)).metadata
+    assert meta["/CreationDate"] == "D:20240305093000+01'00'"
+
+
+@pytest.fixture
+def counting_http_server():
+    """A local HTTP server on 127.0.0.1 that counts every request it gets."""
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/css")
+            self.end_headers()
+            self.wfile.write(b"body { color: red }")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetcher_serves_nothing_outside_the_templates(seeded_db, counting_http_server, tmp_path):
+    host, hits = counting_http_server
+    (context,) = load_contexts(seeded_db, limit=1)
+    good = sources([context])[0]
+    secret = tmp_path / "secret.css"
+    secret.write_text("body { color: red }")
+
+    def letter(key: str, head: str) -> pdf.LetterSource:
+        return pdf.LetterSource(key, good.html.replace("</head>", f"{head}</head>"))
+
+    bad = [
+        letter("http-css", f'<link rel="stylesheet" href="http://{host}/x.css">'),
+        letter("https-img", f'<img src="https://{host}/x.png">'),
+        letter("http-import", f'<style>@import url("http://{host}/i.css");</style>'),
+        letter("http-bg", f'<style>body {{ background: url("http://{host}/bg.png") }}</style>'),
+        letter("passwd", '<link rel="stylesheet" href="file:///etc/passwd">'),
+        letter("outside", f'<link rel="stylesheet" href="{secret.as_uri()}">'),
+        letter("dotdot", '<link rel="stylesheet" href="../../../../../../etc/passwd">'),
+        letter("dotdot-img", '<img src="letter/../../../../../../etc/hostname">'),
+    ]
+    results = pdf.render_batch([good, *bad])
+
+    assert hits == []
+    assert results[0].ok and results[0].pages == 1
+    for source, result in zip(bad, results[1:], strict=True):
+        assert not result.ok, source.key
+        assert result.pdf is None
+        assert result.error.startswith(f"letter {source.key}:")
+        assert "refused" in result.error
+    # the good letter's PDF holds nothing fetched from outside
+    assert "root:" not in pdf_text(results[0].pdf)
+
+
+def test_fetcher_directly():
+    fetcher = pdf.TemplateFetcher()
+    css = fetcher.fetch(pdf.base_url() + "letter/letter.css")
+    assert b"@page" in css.read()
+    for url in (
+        "file:///etc/passwd",
+        pdf.base_url() + "../../../etc/passwd",
+        "file://example.com/etc/passwd",
+        "http://127.0.0.1:9/x",
+        "ftp://127.0.0.1/x",
+    ):
+        with pytest.raises(pdf.ResourceRefused):
+            fetcher.fetch(url)
+    assert len(fetcher.refused) == 5
+
+
+def test_render_many_uses_a_pool_and_keeps_order(seeded_db):
+    contexts = load_contexts(seeded_db, limit=7)
+    letters = sources(contexts)
+    letters[3] = pdf.LetterSource(
+        letters[3].key,
+        letters[3].html.replace(
+            "</head>", '<link rel="stylesheet" href="http://127.0.0.1:9/x.css"></head>'
+        ),
+    )
+    results = pdf.render_many(letters, workers=2, chunk_size=3)
+
+    assert [r.key for r in results] == [c.partner.number for c in contexts]
+    assert [r.ok for r in results] == [True, True, True, False, True, True, True]
+    for context, result in zip(contexts, results, strict=True):
+        if result.ok:
+            assert re.search(rf"\b{context.partner.number}\b", pdf_text(result.pdf))
+
+
+def test_loader_levels_follow_days_overdue(seeded_db):
+    # the loader is test-side, but the letters above rely on it: keep it honest
+    contexts = load_contexts(seeded_db, limit=20, key_date=date.today())
+    for context in contexts:
+        for item in context.items:
+            overdue = (date.today() - item.due_date).days
+            assert item.level is None or overdue >= {1: 7, 2: 21, 3: 35}[item.level]
+            assert item.due_date <= date.today() + timedelta(days=30)
