@@ -11,17 +11,27 @@ What differs per kind (selection, letter context, whether a letter may go by mai
 
 from __future__ import annotations
 
+import io
 import logging
+import math
+import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import psycopg2.extensions
 from email_validator import EmailNotValidError, validate_email
-from psycopg2.extras import Json
+from psycopg2.extras import Json, execute_values
 
-from erpmail import db
+from erpmail import archive, db
+
+PROGRESS_SECONDS = 5.0
+# Batches per run: mapped render + route tasks stay at 2 x this (the DAG has 4 more tasks).
+MAX_BATCHES = 20
+MIN_BATCH_SIZE = 50
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,66 @@ SELECT id, kind, airflow_run_id, company, key_date, dry_run, params, note, statu
 COMPANY_EXISTS = "SELECT 1 FROM erp.companies WHERE code = %s"
 SET_RUN_STATUS = "UPDATE erp.runs SET status = %s WHERE id = %s"
 COUNT_LETTERS = "SELECT count(*) FROM erp.letters WHERE run_id = %s"
+BATCHES = (
+    "SELECT DISTINCT batch FROM erp.letters WHERE run_id = %s AND batch IS NOT NULL ORDER BY 1"
+)
+# Batches are contiguous runs of letters by partner number, fixed once.
+ASSIGN_BATCHES = """
+UPDATE erp.letters l SET batch = b.batch
+  FROM (SELECT l2.id, ((row_number() OVER (ORDER BY p.number, l2.id) - 1) / %(size)s)::int AS batch
+          FROM erp.letters l2 JOIN erp.partners p ON p.id = l2.partner_id
+         WHERE l2.run_id = %(run_id)s) b
+ WHERE l.id = b.id AND l.batch IS NULL"""
+TO_RENDER = """
+SELECT l.id, p.number FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
+ WHERE l.run_id = %s AND l.batch = %s AND l.status = 'generated'
+ ORDER BY p.number, l.id"""
+SET_RENDERED = """
+UPDATE erp.letters l SET status = v.status, pdf_path = v.pdf_path, language = v.language,
+       language_fallback = v.language_fallback, updated_at = now()
+  FROM (VALUES %s) AS v (id, status, pdf_path, language, language_fallback)
+ WHERE l.id = v.id AND l.status = 'generated'"""
+SET_FAILED = """
+UPDATE erp.letters SET status = 'failed', error = %s, updated_at = now()
+ WHERE id = %s AND status NOT IN ('released', 'sent')"""
+TO_ROUTE = """
+SELECT l.id, l.pdf_path, p.number FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
+ WHERE l.run_id = %s AND l.batch = %s AND l.status = 'archived'
+ ORDER BY p.number, l.id"""
+SET_PAPER = """
+UPDATE erp.letters SET status = 'paper', paper_reason = %s, recipient = %s, updated_at = now()
+ WHERE id = %s AND status = 'archived'"""
+SET_RELEASED = """
+UPDATE erp.letters SET status = 'released', outbox_id = %s, recipient = %s, updated_at = now()
+ WHERE id = %s AND status = 'archived'"""
+# A letter whose message already went (dispatcher quicker than us) takes the message's state.
+FOLLOW_OUTBOX = """
+UPDATE erp.letters l SET status = CASE o.status WHEN 'sent' THEN 'sent'
+                                   WHEN 'failed' THEN 'failed' ELSE l.status END,
+       error = CASE o.status WHEN 'failed' THEN coalesce(o.last_error, o.smtp_reply, 'mail failed')
+                   ELSE l.error END
+  FROM mail.outbox o WHERE o.id = l.outbox_id AND l.id = %s AND o.status IN ('sent', 'failed')"""
+PRINT_LETTERS = """
+SELECT l.pdf_path FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
+ WHERE l.run_id = %s AND l.status = %s AND l.pdf_path IS NOT NULL
+ ORDER BY p.number, l.id"""
+SET_PRINT_BATCH = "UPDATE erp.runs SET print_batch_path = %s, status = %s WHERE id = %s"
+SUMMARY_COUNTS = """
+SELECT l.status, l.level, l.paper_reason, count(*) FROM erp.letters l WHERE l.run_id = %s
+ GROUP BY 1, 2, 3"""
+SUMMARY_TOTALS = """
+SELECT l.status, t.key, sum(t.value::numeric)
+  FROM erp.letters l, jsonb_each_text(l.totals) t
+ WHERE l.run_id = %s GROUP BY 1, 2 ORDER BY 1, 2"""
+SUMMARY_FAILURES = """
+SELECT l.id, p.number, l.error FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
+ WHERE l.run_id = %s AND l.status = 'failed' ORDER BY p.number LIMIT 200"""
+SUMMARY_SAMPLE = """
+SELECT l.pdf_path FROM erp.letters l WHERE l.run_id = %s AND l.pdf_path IS NOT NULL
+ ORDER BY l.id LIMIT 1"""
+FINISH_RUN = """
+UPDATE erp.runs SET summary = %s, status = 'done', finished_at = coalesce(finished_at, now())
+ WHERE id = %s"""
 # The addresses a letter may go to: the contact of the kind's role first, then the partner.
 ADDRESSES = """
 SELECT p.email, p.email_blocked,
@@ -69,7 +139,8 @@ class DocumentKind:
     """What the pipeline needs from one kind of document run.
 
     ``generate(cur, run)`` writes the run's letters (status ``generated``) and returns how many;
-    ``contexts(cur, run, letter_ids)`` gives each letter's ``templates.LetterContext``;
+    ``contexts(cur, run, letter_ids)`` gives each letter's ``templates.LetterContext``, or
+    the exception that fails that letter alone;
     ``sends_email(cur, letter_id)`` says whether the letter may go by mail at all.
     """
 
@@ -177,3 +248,300 @@ def generate(run_id: int, kind: DocumentKind) -> int:
             log.info("run %s: %d letters generated", run_id, written)
         cur.execute(COUNT_LETTERS, (run_id,))
         return cur.fetchone()[0]
+
+
+class Progress:
+    """Logs done/total, rate and time left every few seconds, and once at the end."""
+
+    def __init__(self, what: str, total: int, every: float = PROGRESS_SECONDS) -> None:
+        self.what, self.total, self.every = what, total, every
+        self.done = 0
+        self.started = self.last = time.monotonic()
+
+    def add(self, n: int = 1, *, force: bool = False) -> None:
+        self.done += n
+        now = time.monotonic()
+        if force or now - self.last >= self.every:
+            self.last = now
+            rate = self.done / (now - self.started) if now > self.started else 0.0
+            left = (self.total - self.done) / rate if rate else 0.0
+            log.info("%s: %d/%d, %.1f/s, %.0f s left", self.what, self.done, self.total, rate, left)
+
+
+def plan_batches(
+    run_id: int, *, max_batches: int = MAX_BATCHES, min_size: int = MIN_BATCH_SIZE
+) -> list[int]:
+    """Split the run's letters into at most ``max_batches`` batches, once; their numbers.
+
+    Always at least ``[0]``, so the mapped steps run (and find nothing) on an empty run.
+    """
+    with db.transaction() as cur:
+        load_run(cur, run_id, lock=True)
+        cur.execute(BATCHES, (run_id,))
+        batches = [row[0] for row in cur.fetchall()]
+        if not batches:
+            cur.execute(COUNT_LETTERS, (run_id,))
+            total = cur.fetchone()[0]
+            size = max(min_size, math.ceil(total / max_batches))
+            cur.execute(ASSIGN_BATCHES, {"size": size, "run_id": run_id})
+            cur.execute(BATCHES, (run_id,))
+            batches = [row[0] for row in cur.fetchall()]
+    return batches or [0]
+
+
+def archive_key(run: Run, document: str, partner_number: str, letter_id: int) -> str:
+    """Where a letter's PDF is stored; a dry run's PDFs go under ``review/``."""
+    folder = f"{document}/{archive.safe_part(run.company)}/{run.key_date:%Y}/run-{run.id}"
+    name = f"{archive.safe_part(partner_number)}-{letter_id}.pdf"
+    return f"review/{folder}/{name}" if run.dry_run else f"{folder}/{name}"
+
+
+def render_batch(
+    run_id: int,
+    batch: int,
+    kind: DocumentKind,
+    *,
+    workers: int | None = None,
+    chunk_size: int = 50,
+) -> dict[str, int]:
+    """Render the batch's ``generated`` letters in one pass and store each PDF.
+
+    A letter becomes ``archived`` with its ``pdf_path`` (dry run: ``rendered``, PDF under
+    ``review/``), or ``failed`` with the reason; the others go on. Returns counts by status.
+    """
+    from erpmail import pdf, templates
+
+    conn = db.connect()
+    try:
+        with db.transaction(conn) as cur:
+            run = load_run(cur, run_id)
+            cur.execute(TO_RENDER, (run_id, batch))
+            todo = cur.fetchall()
+            contexts = kind.contexts(cur, run, [letter_id for letter_id, _ in todo]) if todo else {}
+        engine = templates.default()
+        sources, meta, failed = [], {}, {}
+        for letter_id, number in todo:
+            try:
+                context = contexts.get(letter_id) or LookupError("letter has no context")
+                if isinstance(context, Exception):
+                    raise context
+                rendered = engine.render_letter(context)
+                if not rendered.letter_html:
+                    raise templates.TemplateError(
+                        f"document {kind.document!r} has no letter.html in {rendered.language!r}",
+                        template=f"{kind.document}/{rendered.language}/letter.html",
+                        language=rendered.language,
+                    )
+            except Exception as exc:  # one letter's template fails that letter alone
+                failed[letter_id] = f"letter {letter_id} (partner {number}): {exc}"
+                continue
+            sources.append(pdf.LetterSource(str(letter_id), rendered.letter_html))
+            meta[letter_id] = (number, rendered.language, rendered.fallback_from)
+        results = (
+            pdf.render_many(sources, workers=workers, chunk_size=chunk_size) if sources else []
+        )
+        status = "rendered" if run.dry_run else "archived"
+        done = []
+        for result in results:
+            letter_id = int(result.key)
+            number, language, fallback = meta[letter_id]
+            if not result.ok:
+                failed[letter_id] = f"letter {letter_id} (partner {number}): {result.error}"
+                continue
+            key = archive_key(run, kind.document, number, letter_id)
+            try:
+                archive.store(key, result.pdf)
+            except Exception as exc:
+                failed[letter_id] = f"letter {letter_id} (partner {number}): archive: {exc}"
+                continue
+            done.append((letter_id, status, key, language, fallback))
+        with db.transaction(conn) as cur:
+            if done:
+                execute_values(cur, SET_RENDERED, done, page_size=1000)
+            for letter_id, error in failed.items():
+                cur.execute(SET_FAILED, (error, letter_id))
+    finally:
+        conn.close()
+    for error in failed.values():
+        log.warning("failed: %s", error)
+    log.info("run %s batch %s: %d %s, %d failed", run_id, batch, len(done), status, len(failed))
+    return {status: len(done), "failed": len(failed)}
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def route_batch(run_id: int, batch: int, kind: DocumentKind) -> dict[str, int]:
+    """Route the batch's ``archived`` letters: an outbox message with the PDF (``released``),
+    queued in the same transaction as the status change, or ``paper`` with the reason.
+
+    The outbox key is derived from run and letter, so a rerun queues nothing new. A letter
+    whose message cannot be built is ``failed`` alone. A dry run routes nothing.
+    """
+    from erpmail import accounts, mime, outbox, templates
+
+    counts: Counter[str] = Counter()
+    conn = db.connect()
+    try:
+        with db.transaction(conn) as cur:
+            run = load_run(cur, run_id)
+            if run.dry_run:
+                log.info("run %s is a dry run: nothing routed", run_id)
+                return {}
+            cur.execute(TO_ROUTE, (run_id, batch))
+            todo = cur.fetchall()
+            contexts = (
+                kind.contexts(cur, run, [letter_id for letter_id, *_ in todo]) if todo else {}
+            )
+        engine = templates.default()
+        progress = Progress(f"run {run_id} batch {batch}: routed", len(todo))
+        for letter_id, pdf_path, number in todo:
+            try:
+                with db.transaction(conn) as cur:
+                    route = route_for(cur, kind, letter_id)
+                    if route.paper_reason:
+                        cur.execute(SET_PAPER, (route.paper_reason, route.address, letter_id))
+                        counts[f"paper_{route.paper_reason}"] += 1
+                    else:
+                        context = contexts.get(letter_id) or LookupError("no context")
+                        if isinstance(context, Exception):
+                            raise context
+                        rendered = engine.render_letter(context)
+                        sender = context.sender or context.company.email
+                        account = accounts.select_account(cur, sender)
+                        key = f"{run.kind}:run-{run.id}:letter-{letter_id}"
+                        message = mime.build_message(
+                            sender=(context.sender_name or account.display_name, sender),
+                            to=[route.address],
+                            subject=rendered.subject,
+                            text=rendered.text,
+                            html=rendered.html,
+                            attachments=[
+                                mime.Attachment(
+                                    filename=f"{rendered.subject.replace('/', '-')}.pdf",
+                                    data=archive.read(pdf_path),
+                                )
+                            ],
+                            inline_images=rendered.signature.images if rendered.signature else (),
+                            message_id=mime.make_message_id(key, _domain(account.from_address)),
+                            context=f"letter {letter_id} partner {number}",
+                        )
+                        outbox_id = outbox.enqueue(
+                            cur,
+                            key=key,
+                            account_id=account.id,
+                            recipients=[route.address],
+                            mime=message.as_bytes(),
+                            source_type="letter",
+                            source_id=letter_id,
+                        )
+                        cur.execute(SET_RELEASED, (outbox_id, route.address, letter_id))
+                        cur.execute(FOLLOW_OUTBOX, (letter_id,))
+                        counts["released"] += 1
+            except Exception as exc:  # this letter fails alone; its transaction rolled back
+                error = f"letter {letter_id} (partner {number}): {type(exc).__name__}: {exc}"
+                log.warning("failed: %s", error)
+                with db.transaction(conn) as cur:
+                    cur.execute(SET_FAILED, (error, letter_id))
+                counts["failed"] += 1
+            progress.add()
+    finally:
+        conn.close()
+    log.info("run %s batch %s routed: %s", run_id, batch, dict(counts) or "nothing to route")
+    return dict(counts)
+
+
+def print_batch(run_id: int, document: str) -> str | None:
+    """Merge the run's paper letters (dry run: every rendered letter, for review) into one
+    PDF by partner number, store it, and name it on the run; None when there are none."""
+    import pypdf
+
+    with db.transaction() as cur:
+        run = load_run(cur, run_id, lock=True)
+        cur.execute(PRINT_LETTERS, (run_id, "rendered" if run.dry_run else "paper"))
+        paths = [row[0] for row in cur.fetchall()]
+        key = None
+        if paths:
+            writer = pypdf.PdfWriter()
+            progress = Progress(f"run {run_id}: print batch", len(paths))
+            for path in paths:
+                writer.append(io.BytesIO(archive.read(path)))
+                progress.add()
+            out = io.BytesIO()
+            writer.write(out)
+            name = "review-batch" if run.dry_run else "print-batch"
+            folder = f"{document}/{archive.safe_part(run.company)}/{run.key_date:%Y}/run-{run.id}"
+            key = archive.store(
+                f"{'review/' if run.dry_run else ''}{folder}/{name}-{run.id}.pdf", out.getvalue()
+            )
+            log.info("run %s: %d letters in %s", run_id, len(paths), key)
+        cur.execute(SET_PRINT_BATCH, (key, "rendered" if run.dry_run else "routed", run_id))
+    return key
+
+
+def summarize(run_id: int) -> dict[str, Any]:
+    """Letters per status and level, totals, paper reasons, failures and paths: stored on
+    the run (which is then ``done``) and logged as a readable text."""
+    with db.transaction() as cur:
+        run = load_run(cur, run_id, lock=True)
+        cur.execute(SUMMARY_COUNTS, (run_id,))
+        by_status: Counter[str] = Counter()
+        by_level: dict[str, Counter[str]] = defaultdict(Counter)
+        reasons: Counter[str] = Counter()
+        for status, level, reason, n in cur.fetchall():
+            by_status[status] += n
+            by_level[str(level) if level is not None else "-"][status] += n
+            if reason:
+                reasons[reason] += n
+        cur.execute(SUMMARY_TOTALS, (run_id,))
+        totals: dict[str, dict[str, str]] = defaultdict(dict)
+        for status, currency, amount in cur.fetchall():
+            totals[status][currency] = str(Decimal(amount).quantize(Decimal("0.01")))
+        cur.execute(SUMMARY_FAILURES, (run_id,))
+        failures = [{"letter_id": i, "partner": n, "error": e} for i, n, e in cur.fetchall()]
+        cur.execute(SUMMARY_SAMPLE, (run_id,))
+        sample = cur.fetchone()
+        summary = {
+            "run_id": run_id,
+            "kind": run.kind,
+            "airflow_run_id": run.airflow_run_id,
+            "company": run.company,
+            "key_date": run.key_date.isoformat(),
+            "dry_run": run.dry_run,
+            "note": run.note,
+            "letters": sum(by_status.values()),
+            "by_status": dict(sorted(by_status.items())),
+            "by_level": {lv: dict(sorted(c.items())) for lv, c in sorted(by_level.items())},
+            "paper_reasons": dict(sorted(reasons.items())),
+            "totals": dict(totals),
+            "failures": failures,
+            "print_batch": run.print_batch_path,
+            "sample_pdf": sample[0] if sample else None,
+            "archive_root": str(archive.root()),
+        }
+        cur.execute(FINISH_RUN, (Json(summary), run_id))
+    log.info("%s", summary_text(summary))
+    return summary
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """The summary as a clerk reads it."""
+    lines = [
+        f"{summary['kind']} run {summary['run_id']} ({summary['airflow_run_id']}), company "
+        f"{summary['company']}, key date {summary['key_date']}"
+        + (" - DRY RUN, nothing archived or sent" if summary["dry_run"] else ""),
+        f"letters: {summary['letters']}  "
+        + ", ".join(f"{s} {n}" for s, n in summary["by_status"].items()),
+    ]
+    for level, counts in summary["by_level"].items():
+        lines.append(f"  level {level}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    for status, amounts in summary["totals"].items():
+        lines.append(f"  total {status}: " + ", ".join(f"{a} {c}" for c, a in amounts.items()))
+    if summary["paper_reasons"]:
+        lines.append("paper: " + ", ".join(f"{r} {n}" for r, n in summary["paper_reasons"].items()))
+    for failure in summary["failures"]:
+        lines.append(f"FAILED {failure['partner']}: {failure['error']}")
+    lines.append(f"print batch: {summary['print_batch'] or '-'}")
+    lines.append(f"archive: {summary['archive_root']}")
+    return "\n".join(lines)

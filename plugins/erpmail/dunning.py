@@ -361,8 +361,9 @@ def sends_email(cur: psycopg2.extensions.cursor, letter_id: int) -> bool:
 
 def contexts(
     cur: psycopg2.extensions.cursor, run: Run, letter_ids: Sequence[int]
-) -> dict[int, LetterContext]:
-    """The template context of each letter (erpmail.templates.LetterContext)."""
+) -> dict[int, LetterContext | Exception]:
+    """The template context of each letter (erpmail.templates.LetterContext), or the error
+    that fails that letter alone."""
     cur.execute(COMPANY, (run.company,))
     *fields, company_language, company_currency = cur.fetchone()
     company = Company(*fields)
@@ -373,14 +374,15 @@ def contexts(
     for letter_id, *values in cur.fetchall():
         lines[letter_id].append(LetterItem(*values))
     cur.execute(LETTER_HEADS, (list(letter_ids),))
-    out: dict[int, LetterContext] = {}
+    out: dict[int, LetterContext | Exception] = {}
     for letter_id, level, language, fee, fee_currency, *partner in cur.fetchall():
         text = texts.get((level, language)) or texts.get((level, company_language))
         if text is None:
-            raise LookupError(
-                f"letter {letter_id}: no dunning text for level {level} in {language!r} "
-                f"(erp.dunning_texts, company {run.company})"
+            out[letter_id] = LookupError(
+                f"no dunning text for level {level} in {language!r} nor "
+                f"{company_language!r} (erp.dunning_texts, company {run.company})"
             )
+            continue
         out[letter_id] = LetterContext(
             document=DOCUMENT,
             company=company,

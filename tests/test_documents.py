@@ -1,0 +1,215 @@
+"""The document pipeline on a dunning run: render, archive, route, print batch, summary,
+reruns, failures one letter at a time, and the letter following its outbox message."""
+
+from __future__ import annotations
+
+import email
+import io
+from datetime import date, timedelta
+from email import policy
+
+import psycopg2.extensions
+import pypdf
+import pytest
+
+from erpmail import accounts, archive, db, documents, seed
+from erpmail.dunning import DUNNING
+
+KEY = date(2026, 3, 2)
+SENDER = "buchhaltung@muster-handels.example.com"
+
+
+@pytest.fixture
+def book(
+    db: psycopg2.extensions.connection, tmp_path, monkeypatch
+) -> psycopg2.extensions.connection:
+    """30 seeded partners as of ten days before KEY, an SMTP account, a temp archive."""
+    monkeypatch.setenv("ERPMAIL_ARCHIVE_URL", f"file://{tmp_path}/archive")
+    seed.seed(db, partners=30, seed=1, as_of=KEY - timedelta(days=10))
+    with db.cursor() as cur:
+        accounts.create_account(
+            cur,
+            name="dunning",
+            conn_id="smtp_test",
+            from_address=SENDER,
+            display_name="Muster Handels",
+            sender_addresses=["muster-handels.example.com"],
+            is_default=True,
+            send_interval_seconds=0,
+        )
+    db.commit()
+    return db
+
+
+def _run(airflow_run_id: str = "manual__1", *, dry_run: bool = False) -> int:
+    run = documents.create_run(
+        kind="dunning", airflow_run_id=airflow_run_id, company="DEMO", key_date=KEY, dry_run=dry_run
+    )
+    documents.generate(run, DUNNING)
+    return run
+
+
+def _pipeline(run: int) -> tuple[list[int], str | None, dict]:
+    batches = documents.plan_batches(run, max_batches=3, min_size=4)
+    for batch in batches:
+        documents.render_batch(run, batch, DUNNING, workers=1, chunk_size=10)
+    for batch in batches:
+        documents.route_batch(run, batch, DUNNING)
+    printed = documents.print_batch(run, "dunning")
+    return batches, printed, documents.summarize(run)
+
+
+def _rows(conn, sql: str, *args) -> list[tuple]:
+    with db.transaction(conn) as cur:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+LETTERS = """
+SELECT l.id, p.number, l.status, l.paper_reason, l.pdf_path, l.outbox_id, l.recipient, l.error
+  FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id WHERE l.run_id = %s ORDER BY p.number"""
+OUTBOX = "SELECT id, key, source_id, recipients, mime FROM mail.outbox ORDER BY id"
+
+
+def _pdf_text(data: bytes) -> str:
+    return "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(data)).pages)
+
+
+def test_run_ends_released_or_paper_with_pdfs_mail_and_print_batch(book) -> None:
+    run = _run()
+    batches, printed, summary = _pipeline(run)
+    assert 1 < len(batches) <= 3
+    letters = _rows(book, LETTERS, run)
+    assert letters and {row[2] for row in letters} <= {"released", "paper"}
+    outbox = {row[2]: row for row in _rows(book, OUTBOX)}
+    for letter_id, number, status, reason, pdf_path, outbox_id, recipient, _ in letters:
+        assert archive.exists(pdf_path) and pdf_path.endswith(f"{number}-{letter_id}.pdf")
+        assert number in _pdf_text(archive.read(pdf_path))
+        if status == "released":
+            _, key, _, recipients, mime = outbox[letter_id]
+            assert (outbox_id, key, recipients) == (
+                outbox[letter_id][0],
+                f"dunning:run-{run}:letter-{letter_id}",
+                [recipient],
+            )
+            message = email.message_from_bytes(bytes(mime), policy=policy.default)
+            (attachment,) = list(message.iter_attachments())
+            assert attachment.get_content() == archive.read(pdf_path)
+        else:
+            assert reason in {"no_address", "blocked", "invalid_address", "paper_only"}
+            assert outbox_id is None and letter_id not in outbox
+    paper = [row for row in letters if row[2] == "paper"]
+    assert paper, "the seed has partners without e-mail"
+    batch_pdf = pypdf.PdfReader(io.BytesIO(archive.read(printed)))
+    assert len(batch_pdf.pages) == sum(
+        len(pypdf.PdfReader(io.BytesIO(archive.read(r[4]))).pages) for r in paper
+    )
+    batch_text = _pdf_text(archive.read(printed))
+    for row in letters:
+        assert (f"{run}-{row[1]}" in batch_text) == (row[2] == "paper")
+    assert summary["letters"] == len(letters)
+    assert summary["by_status"] == {
+        s: sum(1 for r in letters if r[2] == s) for s in {r[2] for r in letters}
+    }
+    assert summary["print_batch"] == printed
+    stored = _rows(
+        book,
+        "SELECT status, summary->>'letters', print_batch_path FROM erp.runs WHERE id = %s",
+        run,
+    )
+    assert stored == [("done", str(len(letters)), printed)]
+
+
+def test_rerun_of_every_step_changes_nothing(book) -> None:
+    run = _run()
+    _pipeline(run)
+    before_letters = _rows(book, LETTERS, run)
+    before_outbox = [(r[0], r[1]) for r in _rows(book, OUTBOX)]
+    # the DAG rerun: same Airflow run id resumes the same run
+    assert _run() == run
+    _pipeline(run)
+    assert _rows(book, LETTERS, run) == before_letters
+    assert [(r[0], r[1]) for r in _rows(book, OUTBOX)] == before_outbox
+    # a route step cleared after its letters were reset still finds the same outbox rows
+    with db.transaction(book) as cur:
+        cur.execute(
+            "UPDATE erp.letters SET status = 'archived', outbox_id = NULL WHERE run_id = %s AND status = 'released'",
+            (run,),
+        )
+    _pipeline(run)
+    assert [(r[0], r[1]) for r in _rows(book, OUTBOX)] == before_outbox
+    assert _rows(book, LETTERS, run) == before_letters
+
+
+def test_dry_run_renders_for_review_and_queues_nothing(book) -> None:
+    run = _run(dry_run=True)
+    _, printed, summary = _pipeline(run)
+    letters = _rows(book, LETTERS, run)
+    assert {row[2] for row in letters} == {"rendered"}
+    assert all(row[4].startswith("review/") and archive.exists(row[4]) for row in letters)
+    assert printed.startswith("review/") and len(
+        pypdf.PdfReader(io.BytesIO(archive.read(printed))).pages
+    ) >= len(letters)
+    assert _rows(book, OUTBOX) == []
+    assert summary["dry_run"] and summary["by_status"] == {"rendered": len(letters)}
+
+
+def test_a_failing_letter_fails_alone_with_its_reason(book) -> None:
+    with db.transaction(book) as cur:
+        cur.execute("DELETE FROM erp.dunning_texts WHERE language IN ('nl', 'de') AND level = 1")
+    run = _run()
+    _, _, summary = _pipeline(run)
+    letters = _rows(book, LETTERS, run)
+    failed = [row for row in letters if row[2] == "failed"]
+    assert failed and len(failed) < len(letters)
+    assert all("no dunning text for level 1" in row[7] and row[1] in row[7] for row in failed)
+    assert {f["partner"] for f in summary["failures"]} == {row[1] for row in failed}
+
+
+def test_route_without_an_account_fails_each_letter_and_goes_on(book) -> None:
+    with db.transaction(book) as cur:
+        cur.execute("DELETE FROM mail.accounts")
+    run = _run()
+    _pipeline(run)
+    letters = _rows(book, LETTERS, run)
+    mailable = [row for row in letters if row[2] == "failed"]
+    assert mailable and all("no mail account may send as" in row[7] for row in mailable)
+    assert any(row[2] == "paper" for row in letters)
+
+
+def test_letter_follows_its_outbox_message(book) -> None:
+    run = _run()
+    _pipeline(run)
+    released = [row for row in _rows(book, LETTERS, run) if row[2] == "released"]
+    first, second = released[0], released[1]
+    with db.transaction(book) as cur:
+        cur.execute(
+            "UPDATE mail.outbox SET status = 'sent', sent_at = now(), smtp_reply = '250 ok' WHERE id = %s",
+            (first[5],),
+        )
+        cur.execute(
+            "UPDATE mail.outbox SET status = 'failed', last_error = '550 mailbox unavailable' WHERE id = %s",
+            (second[5],),
+        )
+    view = dict(
+        (r[0], r[1:])
+        for r in _rows(
+            book,
+            "SELECT letter_id, status, error, mail_status FROM erp.letter_status WHERE run_id = %s",
+            run,
+        )
+    )
+    assert view[first[0]] == ("sent", None, "sent")
+    assert view[second[0]] == ("failed", "550 mailbox unavailable", "failed")
+
+
+def test_plan_batches_is_fixed_once(book) -> None:
+    run = _run()
+    first = documents.plan_batches(run, max_batches=2, min_size=1)
+    assert first == [0, 1]
+    assert documents.plan_batches(run, max_batches=5, min_size=1) == [0, 1]
+    empty = documents.create_run(
+        kind="dunning", airflow_run_id="empty", company="DEMO", key_date=KEY - timedelta(days=400)
+    )
+    documents.generate(empty, DUNNING)
+    assert documents.plan_batches(empty) == [0]
