@@ -281,9 +281,11 @@ class Templates:
                 template=name,
                 language=language,
             ) from exc
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise TemplateError(
-                f"template {name} (language {language}): {exc}", template=name, language=language
+                f"template {name} (language {language}): {type(exc).__name__}: {exc}",
+                template=name,
+                language=language,
             ) from exc
 
     def render_document(
