@@ -61,7 +61,9 @@ def check_address(address: str, *, context: str = "", field: str = "email") -> s
         checked = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise MessageError(f"{_where(context, field)}: invalid address {address!r}: {exc}") from exc
-    return checked.ascii_email or checked.normalized
+    # email-validator lowercases the local part; a mailbox may care, so keep it as given
+    local = address.strip().rpartition("@")[0]
+    return f"{local}@{checked.ascii_domain}"
 
 
 def _address(value: str | tuple[str, str], context: str, field: str) -> Address:
@@ -79,11 +81,15 @@ def _address(value: str | tuple[str, str], context: str, field: str) -> Address:
 
 
 def make_message_id(key: str, domain: str) -> str:
-    """A Message-ID that is the same for the same outbox key and domain: ``<hash@domain>``."""
+    """A Message-ID that is the same for the same outbox key and domain: ``<hash@domain>``.
+
+    96 bits of SHA-256 keep ``Message-ID: <...>`` on one line for domains up to 39 characters
+    (longer ones fold; a parser reading it back should strip the whitespace).
+    """
     _refuse_newlines(key, "", "key")
     domain = check_address(f"postmaster@{domain}", field="domain").rpartition("@")[2]
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
-    return f"<erpmail.{digest}@{domain}>"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+    return f"<{digest}@{domain}>"
 
 
 def build_message(
