@@ -55,7 +55,10 @@ def add_account(conn, name: str = "ar", *, conn_id: str = "smtp_ar", interval: i
         )
 
 
-def enqueue_many(conn, account, n: int, *, prefix: str = "m", to=None, **kw) -> list[int]:
+def enqueue_many(
+    conn, account, n: int, *, prefix: str = "m", to=None, header_to=None, **kw
+) -> list[int]:
+    """Queue ``n`` messages; ``to`` is the envelope, ``header_to`` the To header (else ``to``)."""
     ids = []
     with transaction(conn) as cur:
         for i in range(n):
@@ -67,7 +70,7 @@ def enqueue_many(conn, account, n: int, *, prefix: str = "m", to=None, **kw) -> 
                     key=key,
                     account_id=account.id,
                     recipients=rcpts,
-                    mime=make_mime(key, rcpts, **kw),
+                    mime=make_mime(key, header_to or rcpts, **kw),
                     source_type="manual",
                 )
             )
