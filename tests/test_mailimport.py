@@ -276,6 +276,7 @@ def test_fifty_megabyte_mail_within_four_times_its_size(db, mailbox, store):
         tracemalloc.stop()
 
     assert summary.new == 1
+    print(f"50 MB mail: peak memory growth {(peak - base) / size:.2f}x its size")
     assert peak - base < 4 * size, f"peak growth {(peak - base) / size:.2f}x the mail"
     (path, sha) = rows(db, "SELECT eml_path, sha256 FROM mail.messages")[0]
     assert sha == digest and hashlib.sha256(archive.read(path)).hexdigest() == digest

@@ -128,7 +128,7 @@ def clean_text(text: str, limit: int | None = None) -> str:
 
 def sanitize_filename(name: str | None, fallback: str) -> str:
     """A file name safe as one path segment: last component only, no ``..``, no controls."""
-    name = unicodedata.normalize("NFC", clean_text(name or ""))
+    name = unicodedata.normalize("NFC", clean_text((name or "").replace("\x00", "")))
     name = re.split(r"[/\\]", name)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
     name = _DOTS.sub(".", _UNSAFE_NAME.sub("_", name)).strip(" .")
