@@ -81,11 +81,10 @@ UPDATE erp.letters SET status = 'released', outbox_id = %s, recipient = %s, upda
  WHERE id = %s AND status = 'archived'"""
 # A letter whose message already went (dispatcher quicker than us) takes the message's state.
 FOLLOW_OUTBOX = """
-UPDATE erp.letters l SET status = CASE o.status WHEN 'sent' THEN 'sent'
-                                   WHEN 'failed' THEN 'failed' ELSE l.status END,
-       error = CASE o.status WHEN 'failed' THEN coalesce(o.last_error, o.smtp_reply, 'mail failed')
-                   ELSE l.error END
-  FROM mail.outbox o WHERE o.id = l.outbox_id AND l.id = %s AND o.status IN ('sent', 'failed')"""
+UPDATE erp.letters l SET status = CASE o.status WHEN 'sent' THEN 'sent' ELSE 'failed' END,
+       error = CASE WHEN o.status <> 'sent' THEN erp.outbox_failure_reason(o.id) END
+  FROM mail.outbox o
+ WHERE o.id = l.outbox_id AND l.id = %s AND o.status IN ('sent', 'failed', 'cancelled')"""
 PRINT_LETTERS = """
 SELECT l.pdf_path FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
  WHERE l.run_id = %s AND l.status = %s AND l.pdf_path IS NOT NULL
