@@ -129,7 +129,7 @@ def _assert_store_matches_rows(conn, store: Path) -> None:
             "SELECT path FROM mail.attachments WHERE path IS NOT NULL"
         )
         named = {r[0] for r in cur.fetchall()}
-        cur.execute("SELECT count(*) FROM mail.retention_pending_files")
+        cur.execute("SELECT count(*) FROM mail.retention_pending_deletions")
         pending = cur.fetchone()[0]
     stored = (
         {p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file()}
@@ -330,8 +330,8 @@ def test_next_run_sweeps_files_left_by_a_dead_run(db, store):
     key = archive.store("mail/x/left.eml", b"row already deleted")
     with db.cursor() as cur:
         cur.execute(
-            "INSERT INTO mail.retention_pending_files (run_id, key) VALUES ('dead', %s), ('dead', %s)",
-            (key, "mail/x/already-gone.eml"),
+            "INSERT INTO mail.retention_pending_deletions (run_id, keys) VALUES ('dead', %s)",
+            ([key, "mail/x/already-gone.eml"],),
         )
         cur.execute(
             "INSERT INTO mail.audit_log (actor, action, details) "
@@ -350,6 +350,32 @@ def test_next_run_sweeps_files_left_by_a_dead_run(db, store):
         assert cur.fetchone()[0] == "interrupted"
 
 
+def test_a_file_that_cannot_be_removed_stays_pending_and_fails_the_run(db, store):
+    loc = _location(db, "sales")
+    _policy(db, "sales", keep_days=30)
+    stuck = _mail(db, loc, 100)
+    gone = _mail(db, loc, 100)
+    with db.cursor() as cur:
+        cur.execute("SELECT eml_path FROM mail.messages WHERE id = %s", (stuck,))
+        key = cur.fetchone()[0]
+    db.rollback()
+    # a real fault the store cannot get past: a non-empty directory where the file was
+    (store / key).unlink()
+    (store / key).mkdir()
+    (store / key / "inside").write_bytes(b"x")
+
+    with pytest.raises(RuntimeError, match="1 files could not be removed"):
+        _purge(db)
+
+    assert {stuck, gone} & _ids(db) == set()
+    with db.cursor() as cur:
+        cur.execute("SELECT keys FROM mail.retention_pending_deletions")
+        assert cur.fetchall() == [([key],)]
+    db.rollback()
+    [row] = [r for r in _audit(db) if r["details"]["location"] == "sales"]
+    assert row["details"]["files"]["failed"] == 1 and row["details"]["status"] == "done"
+
+
 def test_dry_run_for_scheduled_and_manual_runs():
     assert retention.dry_run_for("scheduled", True) is False
     assert retention.dry_run_for("manual", True) is True
@@ -364,18 +390,18 @@ def test_dry_run_for_scheduled_and_manual_runs():
 CHILD = """
 import logging, os, sys, time
 from datetime import date
-from erpmail import archive, retention
+from erpmail import retention
 logging.basicConfig(level=logging.INFO)
 pause_after = int(os.environ.get("PAUSE_AFTER", "0"))
 if pause_after:
-    real_delete, calls = archive.delete, [0]
-    def delete(key):
+    real_remove, calls = retention._Store.remove, [0]
+    def remove(self, key):
         calls[0] += 1
         if calls[0] == pause_after:
             open(os.environ["MARKER"], "w").close()
             time.sleep(600)
-        return real_delete(key)
-    archive.delete = delete
+        return real_remove(self, key)
+    retention._Store.remove = remove
 retention.run(dry_run=False, as_of=date.fromisoformat(sys.argv[1]), batch_size=int(sys.argv[2]),
               actor="child")
 """
@@ -465,7 +491,7 @@ def test_kill_9_mid_run_then_rerun_leaves_no_orphans(db, db_url, store, tmp_path
     assert len(keep) < left < n + len(keep), "the kill did not land in the middle of the run"
     if moment == "in_file_removal":
         # rows committed, files recorded but not all removed: the window the sweep is for
-        assert _count(db_url, "SELECT count(*) FROM mail.retention_pending_files") > 0
+        assert _count(db_url, "SELECT count(*) FROM mail.retention_pending_deletions") > 0
     # at every moment: no row names a missing file
     with db.cursor() as cur:
         cur.execute(

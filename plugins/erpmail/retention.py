@@ -7,10 +7,11 @@ mail linked to an open item) unless the run is forced with a reason, and mail un
 hold never goes. A location without a policy keeps its mail.
 
 Crash safety: each batch deletes its rows (attachments and links cascade) and records their
-files in ``mail.retention_pending_files`` in one transaction; the files are removed after
-commit and then their pending rows cleared. A run that died in between leaves pending rows,
-and every run sweeps them first. So no row ever names a missing file, and after the next run
-no file is left without its row.
+files as one row of ``mail.retention_pending_deletions`` in one transaction; the files are
+removed after commit and then that row cleared. A run that died in between leaves pending
+rows, and every run sweeps them first. So no row ever names a missing file, and after the
+next run no file is left without its row. A file some remaining row still names (a shared
+attachment) is never removed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -97,19 +99,19 @@ WITH victims AS (
     DELETE FROM mail.messages m USING victims v WHERE m.id = v.id
     RETURNING m.eml_path, m.size_bytes
 ), recorded AS (
-    INSERT INTO mail.retention_pending_files (run_id, key)
-    SELECT %(run_id)s, eml_path FROM gone
-    UNION ALL
-    SELECT %(run_id)s, path FROM attached
-    RETURNING id, key
+    INSERT INTO mail.retention_pending_deletions (run_id, keys)
+    SELECT %(run_id)s, array_agg(f.key)
+    FROM (SELECT eml_path FROM gone UNION ALL SELECT path FROM attached) f (key)
+    HAVING count(*) > 0
+    RETURNING id, keys
 )
 SELECT (SELECT count(*) FROM gone),
        (SELECT count(*) FROM attached),
        (SELECT coalesce(sum(size_bytes), 0) FROM gone)
            + (SELECT coalesce(sum(size_bytes), 0) FROM attached),
        last.archived_at, last.id,
-       (SELECT array_agg(id ORDER BY id) FROM recorded),
-       (SELECT array_agg(key ORDER BY id) FROM recorded)
+       (SELECT id FROM recorded),
+       (SELECT keys FROM recorded)
 FROM (SELECT archived_at, id FROM victims ORDER BY archived_at DESC, id DESC LIMIT 1) last"""
 
 # The dry run: per month what would go, and what the legal minimum or a hold keeps.
@@ -137,13 +139,16 @@ PURGE_BATCH = {scope: _build(_BATCH_TEMPLATE, scope) for scope in _SCOPES}
 REPORT_MONTHS = {scope: _build(_REPORT_TEMPLATE, scope) for scope in _SCOPES}
 
 SELECT_PENDING = """
-SELECT id, key FROM mail.retention_pending_files WHERE id > %s ORDER BY id LIMIT %s"""
-# Keys some remaining row still names: their files stay (a stored file may be shared).
-STILL_REFERENCED = """
-SELECT k FROM unnest(%(keys)s::text[]) k
-WHERE EXISTS (SELECT 1 FROM mail.messages WHERE eml_path = k)
-   OR EXISTS (SELECT 1 FROM mail.attachments WHERE path = k)"""
-CLEAR_PENDING = "DELETE FROM mail.retention_pending_files WHERE id = ANY(%s)"
+SELECT id, keys FROM mail.retention_pending_deletions WHERE id > %s ORDER BY id LIMIT 1"""
+# The recorded keys no remaining row names: only those files may go (a stored file may be
+# shared). Asked after the rows' delete, in the same transaction, so it sees the delete.
+UNSHARED_KEYS = """
+SELECT k FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS u (k, n)
+WHERE NOT EXISTS (SELECT 1 FROM mail.messages m WHERE m.eml_path = u.k)
+  AND NOT EXISTS (SELECT 1 FROM mail.attachments a WHERE a.path = u.k)
+ORDER BY n"""
+SET_PENDING_KEYS = "UPDATE mail.retention_pending_deletions SET keys = %s WHERE id = %s"
+CLEAR_PENDING = "DELETE FROM mail.retention_pending_deletions WHERE id = ANY(%s)"
 
 INSERT_AUDIT = """
 INSERT INTO mail.audit_log (actor, action, subject, details)
@@ -332,55 +337,97 @@ class FileRemoval:
     shared: int = 0  # still named by another row, so kept
     failed: int = 0  # left pending for the next run
 
-    def merge(self, other: FileRemoval) -> None:
+    def add(self, other: FileRemoval) -> None:
         for name in ("removed", "missing", "shared", "failed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def _remove_files(
-    conn: psycopg2.extensions.connection, ids: list[int], keys: list[str]
-) -> FileRemoval:
-    """Remove the recorded files no row names any more, then clear their pending rows."""
-    result = FileRemoval()
-    with db.transaction(conn) as cur:
-        cur.execute(STILL_REFERENCED, {"keys": keys})
-        shared = {row[0] for row in cur.fetchall()}
-    cleared: list[int] = []
-    for pending_id, key in zip(ids, keys, strict=True):
-        if key in shared:
-            result.shared += 1
-            cleared.append(pending_id)
-            continue
+class _Store:
+    """Removes many stored files with the store's root resolved once.
+
+    ``archive.delete`` resolves the root and builds a path object per key (~0.3 ms, 15x the
+    removal itself); a purge removes hundreds of thousands of files. Keys pass the same
+    plain-relative-path rule as ``archive.path_of``.
+    """
+
+    def __init__(self) -> None:
+        root = archive.root()
+        self.fs, self.base = root.fs, str(root.path).rstrip("/")
+
+    def remove(self, key: str) -> bool:
+        """Remove the file under ``key``; False when it was already gone."""
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"archive key {key!r} is not a plain relative path")
         try:
-            if archive.delete(key):
+            self.fs.rm_file(f"{self.base}/{key}")
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _unshared(
+    cur: psycopg2.extensions.cursor, pending_id: int, keys: list[str], result: FileRemoval
+) -> list[str]:
+    """The keys of pending row ``pending_id`` that no remaining row names; the row keeps only those."""
+    cur.execute(UNSHARED_KEYS, {"keys": keys})
+    unshared = [row[0] for row in cur.fetchall()]
+    if len(unshared) < len(keys):
+        result.shared += len(keys) - len(unshared)
+        if unshared:
+            cur.execute(SET_PENDING_KEYS, (unshared, pending_id))
+        else:
+            cur.execute(CLEAR_PENDING, ([pending_id],))
+    return unshared
+
+
+def _remove_keys(keys: list[str]) -> tuple[FileRemoval, list[str]]:
+    """Remove the files under ``keys``: what happened, and the keys that failed."""
+    store = _Store()
+    result = FileRemoval()
+    failed: list[str] = []
+    for key in keys:
+        try:
+            if store.remove(key):
                 result.removed += 1
             else:
                 result.missing += 1
         except Exception as exc:  # one bad file must not stop the rest; it stays pending
             result.failed += 1
-            log.error("retention: could not remove %s (pending row %s): %s", key, pending_id, exc)
-            continue
-        cleared.append(pending_id)
-    if cleared:
-        with db.transaction(conn) as cur:
-            cur.execute(CLEAR_PENDING, (cleared,))
-    return result
+            failed.append(key)
+            log.error("retention: could not remove %s: %s", key, exc)
+    return result, failed
 
 
-def sweep_pending(
-    conn: psycopg2.extensions.connection, batch_size: int = BATCH_SIZE
-) -> FileRemoval:
+def _settle(
+    cur: psycopg2.extensions.cursor, pending_id: int, removal: Future, result: FileRemoval
+) -> None:
+    """Clear a pending row once its files are gone; keep the keys that failed."""
+    counts, failed = removal.result()
+    result.add(counts)
+    if failed:
+        cur.execute(SET_PENDING_KEYS, (failed, pending_id))
+    else:
+        cur.execute(CLEAR_PENDING, ([pending_id],))
+
+
+def sweep_pending(conn: psycopg2.extensions.connection) -> FileRemoval:
     """Remove files left recorded by a run that died after its commit; what it did."""
     total = FileRemoval()
     after = 0
     while True:
         with db.transaction(conn) as cur:
-            cur.execute(SELECT_PENDING, (after, batch_size))
-            rows = cur.fetchall()
-        if not rows:
-            break
-        after = rows[-1][0]
-        total.merge(_remove_files(conn, [r[0] for r in rows], [r[1] for r in rows]))
+            cur.execute(SELECT_PENDING, (after,))
+            row = cur.fetchone()
+            if row is None:
+                break
+            after, keys = row
+            keys = _unshared(cur, after, keys, total)
+        if keys:
+            done: Future = Future()
+            done.set_result(_remove_keys(keys))
+            with db.transaction(conn) as cur:
+                _settle(cur, after, done, total)
     if total.removed or total.missing or total.shared or total.failed:
         log.info(
             "retention sweep: %s leftover files removed, %s already gone, %s still in use, %s failed",
@@ -450,25 +497,40 @@ def _purge_policy(
     params = _params(policy, cut)
     progress = Progress(f"purge {policy.label}", total)
     params.update(run_id=run_id, batch_size=batch_size, after_at="-infinity", after_id=0)
-    while True:
+    # One batch's files are removed (in a thread) while the next batch runs in the database;
+    # a pending row is cleared in the transaction after its removal finished.
+    in_flight: list[tuple[int, Future]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="retention-files") as files:
+        while True:
+            with db.transaction(conn) as cur:
+                while len(in_flight) > 1 or (in_flight and in_flight[0][1].done()):
+                    _settle(cur, *in_flight.pop(0), result.files)
+                cur.execute(PURGE_BATCH[policy.scope], params)
+                row = cur.fetchone()
+                if row is None:  # nothing left after the last key
+                    break
+                mails, attachments, size, last_at, last_id, pending_id, keys = row
+                keys = _unshared(cur, pending_id, keys, result.files) if pending_id else []
+                cur.execute(
+                    ADD_TO_AUDIT,
+                    {
+                        "mails": mails,
+                        "attachments": attachments,
+                        "bytes": size,
+                        "audit_id": audit_id,
+                    },
+                )
+            # committed: the rows are gone and their files recorded; now the files may go
+            if keys:
+                in_flight.append((pending_id, files.submit(_remove_keys, keys)))
+            params.update(after_at=last_at, after_id=last_id)
+            result.mails += mails
+            result.attachments += attachments
+            result.bytes += int(size)
+            progress.add(mails)
         with db.transaction(conn) as cur:
-            cur.execute(PURGE_BATCH[policy.scope], params)
-            row = cur.fetchone()
-            if row is None:  # nothing left after the last key
-                break
-            mails, attachments, size, last_at, last_id, ids, keys = row
-            cur.execute(
-                ADD_TO_AUDIT,
-                {"mails": mails, "attachments": attachments, "bytes": size, "audit_id": audit_id},
-            )
-        # committed: the rows are gone and their files recorded; now the files go
-        params.update(after_at=last_at, after_id=last_id)
-        result.mails += mails
-        result.attachments += attachments
-        result.bytes += int(size)
-        if ids:
-            result.files.merge(_remove_files(conn, ids, keys))
-        progress.add(mails)
+            for pending_id, removal in in_flight:
+                _settle(cur, pending_id, removal, result.files)
     if total:
         progress.log()
 
@@ -508,7 +570,7 @@ def run(
                 cur.execute(MARK_INTERRUPTED)
                 for (audit_id,) in cur.fetchall():
                     log.warning("retention: run of audit row %s was interrupted", audit_id)
-            swept = sweep_pending(conn, batch_size)
+            swept = sweep_pending(conn)
             results = [
                 _run_policy(
                     conn,
