@@ -1,0 +1,395 @@
+"""Balance confirmations and payment advice: selection rules, letters through the shared
+pipeline (erpmail.documents) on seeded data, PDFs against hand-computed figures, reruns."""
+
+from __future__ import annotations
+
+import email
+import io
+from collections import defaultdict
+from datetime import date, timedelta
+from decimal import Decimal
+from email import policy
+
+import psycopg2.errors
+import psycopg2.extensions
+import pypdf
+import pytest
+
+from erpmail import accounts, archive, db, documents, statements
+from erpmail.documents import DocumentKind
+from erpmail.statements import BALANCE_CONFIRMATION, PAYMENT_ADVICE, OpenItem
+
+SENDER = "buchhaltung@muster-handels.example.com"
+KEY = date.today()
+
+PARTNER = """
+UPDATE erp.partners SET is_customer = %s, is_supplier = %s, email = %s, email_blocked = false,
+       language = %s, country = 'DE'
+ WHERE company = 'DEMO' AND number = %s RETURNING id"""
+CLEAR_PARTNER = """
+DELETE FROM erp.open_items WHERE partner_id = %(id)s;
+DELETE FROM erp.contacts WHERE partner_id = %(id)s"""
+ITEM = """
+INSERT INTO erp.open_items (partner_id, side, doc_number, doc_type, doc_date, due_date, amount,
+    open_amount, currency) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"""
+ALL_ITEMS = """
+SELECT p.number, o.side, o.open_amount, o.currency, o.doc_number, p.is_customer, p.is_supplier
+  FROM erp.open_items o JOIN erp.partners p ON p.id = o.partner_id
+ WHERE o.open_amount <> 0 AND o.doc_date <= %s"""
+PARTNERS = "SELECT number, is_customer, is_supplier FROM erp.partners ORDER BY number"
+LETTERS = """
+SELECT p.number, l.id, l.status, l.paper_reason, l.recipient, l.totals, l.pdf_path, o.key,
+       l.error, l.language
+  FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
+  LEFT JOIN mail.outbox o ON o.id = l.outbox_id
+ WHERE l.run_id = %s ORDER BY p.number"""
+PAYMENT_LINES = """
+SELECT p.number, pl.id, pl.doc_number, pl.gross_amount, pl.discount, pl.fees, pl.paid_amount,
+       pl.currency, r.number
+  FROM erp.payment_lines pl JOIN erp.payment_runs r ON r.id = pl.payment_run_id
+  JOIN erp.partners p ON p.id = pl.partner_id ORDER BY pl.id"""
+
+
+def _item(side: str, amount: str, currency: str = "EUR", partner_id: int = 1) -> OpenItem:
+    value = Decimal(amount)
+    kind = "invoice" if value > 0 else "credit_note"
+    return OpenItem(1, partner_id, side, kind, "D1", KEY, KEY, value, value, currency)
+
+
+def _rows(conn: psycopg2.extensions.connection, sql: str, *args) -> list[tuple]:
+    with db.transaction(conn) as cur:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+def _text(pdf: bytes) -> str:
+    pages = pypdf.PdfReader(io.BytesIO(pdf)).pages
+    return "\n".join(page.extract_text() for page in pages).replace("\xa0", " ")
+
+
+# --- the rules, pure --------------------------------------------------------------------
+
+
+def test_balance_is_receivables_minus_payables_per_currency() -> None:
+    items = [
+        _item("receivable", "1000.00"),
+        _item("receivable", "-150.00"),
+        _item("payable", "400.00"),
+        _item("receivable", "250.50", "CHF"),
+    ]
+    assert statements.balance_of(items) == {"CHF": Decimal("250.50"), "EUR": Decimal("450.00")}
+
+
+def test_minimum_and_zero_balances() -> None:
+    small = [_item("receivable", "40.00"), _item("payable", "45.00", "CHF")]
+    zero = [_item("receivable", "100.00"), _item("payable", "100.00")]
+    propose = statements.propose_confirmation
+    assert propose(1, small, min_abs_balance=Decimal("50")) is None
+    # the largest absolute balance in any currency counts: CHF -45 reaches 45
+    assert propose(1, small, min_abs_balance=Decimal("45")).balance == {
+        "CHF": Decimal("-45.00"),
+        "EUR": Decimal("40.00"),
+    }
+    assert propose(1, zero) is None
+    assert propose(1, []) is None
+    assert propose(1, zero, include_zero=True).is_zero
+    # a zero balance is included regardless of the minimum
+    assert propose(1, [], include_zero=True, min_abs_balance=Decimal("1000")).balance == {}
+    with pytest.raises(ValueError, match="negative"):
+        propose(1, small, min_abs_balance=Decimal("-1"))
+
+
+# --- on seeded data -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def statements_db(seeded_db, tmp_path, monkeypatch):
+    """Seeded data, partners 000001-000003 rebuilt by hand, a sending account, a temp store."""
+    monkeypatch.setenv("ERPMAIL_ARCHIVE_URL", f"file://{tmp_path}/archive")
+    with db.transaction(seeded_db) as cur:
+        # 000001: customer and supplier, two currencies: EUR 1000 - 150 - 400 = 450, CHF 250.50
+        p = _partner(cur, "000001", customer=True, supplier=True, language="de")
+        _open(cur, p, "receivable", "HB1-R1", "1000.00", 40)
+        _open(cur, p, "receivable", "HB1-CN", "-150.00", 5)
+        _open(cur, p, "payable", "HB1-P1", "400.00", 10)
+        _open(cur, p, "receivable", "HB1-CHF", "250.50", 3, currency="CHF")
+        # 000002: supplier only, in English: EUR -1234.56
+        p = _partner(cur, "000002", customer=False, supplier=True, language="en")
+        _open(cur, p, "payable", "HB2-P1", "1234.56", 0)
+        # 000003: customer and supplier whose sides cancel: zero balance
+        p = _partner(cur, "000003", customer=True, supplier=True, language="nl")
+        _open(cur, p, "receivable", "HB3-R1", "300.00", 1)
+        _open(cur, p, "payable", "HB3-P1", "300.00", 1)
+        accounts.create_account(
+            cur,
+            name="accounting",
+            conn_id="smtp_statements_test",
+            from_address=SENDER,
+            display_name="Muster Handels",
+            is_default=True,
+            send_interval_seconds=0,
+        )
+    return seeded_db
+
+
+def _partner(cur, number: str, *, customer: bool, supplier: bool, language: str) -> int:
+    cur.execute(PARTNER, (customer, supplier, f"p{number}@example.com", language, number))
+    partner_id = cur.fetchone()[0]
+    cur.execute(CLEAR_PARTNER, {"id": partner_id})
+    return partner_id
+
+
+def _open(cur, partner_id: int, side: str, doc: str, amount: str, age: int, currency="EUR"):
+    value = Decimal(amount)
+    doc_date = KEY - timedelta(days=age)
+    doc_type = "invoice" if value > 0 else "credit_note"
+    cur.execute(ITEM, (partner_id, side, doc, doc_type, doc_date, doc_date, value, value, currency))
+    return cur.fetchone()[0]
+
+
+def _hand_balances(conn, side: str) -> dict[str, dict[str, Decimal]]:
+    """Per partner number the balance per currency, computed here from the raw items."""
+    sides = {"debtors": {"receivable"}, "creditors": {"payable"}, "both": {"receivable", "payable"}}
+    out: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for number, item_side, amount, currency, *_ in _rows(conn, ALL_ITEMS, KEY):
+        if item_side in sides[side]:
+            out[number][currency] += amount if item_side == "receivable" else -amount
+    return {n: dict(sorted(c.items())) for n, c in out.items()}
+
+
+def _select(conn, **kwargs) -> dict[str, dict[str, Decimal]]:
+    with db.transaction(conn) as cur:
+        found = statements.select_confirmations(cur, company="DEMO", key_date=KEY, **kwargs)
+        cur.execute("SELECT id, number FROM erp.partners")
+        numbers = dict(cur.fetchall())
+    return {numbers[c.partner_id]: c.balance for c in found}
+
+
+def test_selection_matches_balances_computed_from_the_items(statements_db) -> None:
+    conn = statements_db
+    for side in ("debtors", "creditors", "both"):
+        expected = {n: b for n, b in _hand_balances(conn, side).items() if any(b.values())}
+        assert _select(conn, side=side) == expected, side
+    both = _select(conn, side="both")
+    assert both["000001"] == {"CHF": Decimal("250.50"), "EUR": Decimal("450.00")}
+    assert both["000002"] == {"EUR": Decimal("-1234.56")}
+    assert "000003" not in both  # zero balance, excluded by default
+    # one letter per partner even when it is customer and supplier with items on both sides
+    assert len(both) == len(set(both))
+    # creditors: suppliers only, payables only
+    creditors = _select(conn, side="creditors")
+    roles = {n: (c, s) for n, c, s in _rows(conn, PARTNERS)}
+    assert creditors and all(roles[n][1] for n in creditors)
+    assert creditors["000001"] == {"EUR": Decimal("-400.00")}
+    assert _select(conn, side="debtors")["000001"] == {
+        "CHF": Decimal("250.50"),
+        "EUR": Decimal("850.00"),
+    }
+
+
+def test_zero_balances_excluded_then_included_and_minimum_and_range(statements_db) -> None:
+    conn = statements_db
+    without = _select(conn, side="debtors")
+    with_zero = _select(conn, side="debtors", include_zero=True)
+    zero = {n for n, b in with_zero.items() if not any(b.values())}
+    customers = {n for n, c, _ in _rows(conn, PARTNERS) if c}
+    # every customer without a balance is in, and only those are added
+    assert zero == customers - set(without)
+    assert set(with_zero) - zero == set(without)
+    assert "000003" in _select(conn, side="both", include_zero=True)
+    limited = _select(conn, side="both", min_abs_balance=Decimal("1000.00"))
+    assert "000002" in limited and "000001" not in limited  # 450 EUR, 250.50 CHF
+    assert all(max(abs(v) for v in b.values()) >= 1000 for b in limited.values())
+    ranged = _select(conn, side="both", partner_from="000002", partner_to="000010")
+    assert min(ranged) >= "000002" and max(ranged) <= "000010"
+    with pytest.raises(ValueError, match="side"):
+        _select(conn, side="everyone")
+
+
+def _run_pipeline(kind: DocumentKind, run_key: str, key_date: date, params: dict) -> int:
+    """Every step of the shared pipeline, as the DAG runs them."""
+    run_id = documents.create_run(
+        kind=kind.kind, airflow_run_id=run_key, company="DEMO", key_date=key_date, params=params
+    )
+    documents.generate(run_id, kind)
+    batches = documents.plan_batches(run_id)
+    for batch in batches:
+        documents.render_batch(run_id, batch, kind, workers=1)
+    for batch in batches:
+        documents.route_batch(run_id, batch, kind)
+    documents.print_batch(run_id, kind.document)
+    documents.summarize(run_id)
+    return run_id
+
+
+@pytest.mark.timeout(600)
+def test_balance_confirmation_pdfs_mail_and_rerun(statements_db) -> None:
+    conn = statements_db
+    params = {"side": "both", "partner_from": "000001", "partner_to": "000012"}
+    run_id = _run_pipeline(BALANCE_CONFIRMATION, "manual__bc", KEY, params)
+    letters = {row[0]: row for row in _rows(conn, LETTERS, run_id)}
+    expected = {
+        n: b
+        for n, b in _hand_balances(conn, "both").items()
+        if "000001" <= n <= "000012" and any(b.values())
+    }
+    assert set(letters) == set(expected)
+    for number, row in letters.items():
+        assert {c: Decimal(v) for c, v in row[5].items()} == expected[number], number
+        assert row[2] in ("released", "paper"), row
+
+    # the customer-and-supplier partner: one German letter, both sides, both currencies
+    text = _text(archive.read(letters["000001"][6]))
+    for doc in ("HB1-R1", "HB1-CN", "HB1-P1", "HB1-CHF"):
+        assert doc in text
+    assert "-400,00 €" in text  # a payable counts against the partner
+    assert "850,00 €" in text and "400,00 €" in text and "450,00 €" in text  # sides, balance
+    assert "250,50 CHF" in text
+    assert "zu unseren Gunsten" in text and "Antwort zur Saldenbestätigung" in text
+    assert "relnr 000001" in text and f"{run_id}-000001" in text
+    # the supplier: English, in its favour
+    text = _text(archive.read(letters["000002"][6]))
+    assert "€1,234.56" in text and "in your favour" in text and "HB1-R1" not in text
+
+    # the mail: subject with the link keyword, the archived PDF attached
+    (raw,) = _rows(conn, "SELECT mime FROM mail.outbox WHERE key = %s", letters["000001"][7])[0]
+    message = email.message_from_bytes(bytes(raw), policy=policy.default)
+    assert message["Subject"] == f"Saldenbestätigung zum {KEY:%d.%m.%Y} – relnr 000001"
+    assert message["To"] == "p000001@example.com"
+    (attachment,) = list(message.iter_attachments())
+    assert attachment.get_content() == archive.read(letters["000001"][6])
+    assert (
+        letters["000001"][7] == f"balance_confirmation:run-{run_id}:letter-{letters['000001'][1]}"
+    )
+
+    # rerun every step of the same run: nothing new, nothing changed
+    outbox = _rows(conn, "SELECT id, key, message_id FROM mail.outbox ORDER BY id")
+    before = _rows(conn, LETTERS, run_id)
+    assert _run_pipeline(BALANCE_CONFIRMATION, "manual__bc", KEY, params) == run_id
+    assert _rows(conn, LETTERS, run_id) == before
+    assert _rows(conn, "SELECT id, key, message_id FROM mail.outbox ORDER BY id") == outbox
+
+
+@pytest.mark.timeout(600)
+def test_creditor_confirmations_go_to_suppliers_only(statements_db) -> None:
+    conn = statements_db
+    params = {"side": "creditors", "partner_from": "000001", "partner_to": "000030"}
+    run_id = _run_pipeline(BALANCE_CONFIRMATION, "manual__creditors", KEY, params)
+    letters = {row[0]: row for row in _rows(conn, LETTERS, run_id)}
+    roles = {n: (c, s) for n, c, s in _rows(conn, PARTNERS)}
+    assert letters and all(roles[n][1] for n in letters)
+    text = _text(archive.read(letters["000001"][6]))
+    assert "HB1-P1" in text and "HB1-R1" not in text and "HB1-CHF" not in text
+    assert "zu Ihren Gunsten" in text
+
+
+def _advice_conn(conn) -> dict[str, int]:
+    return statements.seed_payment_runs(conn, as_of=KEY)
+
+
+@pytest.mark.timeout(600)
+def test_payment_advice_lists_exactly_its_runs_lines(statements_db) -> None:
+    conn = statements_db
+    counts = _advice_conn(conn)
+    first, second = sorted(counts)
+    assert counts[first] > 0 and counts[second] > 0
+    assert statements.seed_payment_runs(conn, as_of=KEY) == {first: 0, second: 0}
+    lines = _rows(conn, PAYMENT_LINES)
+    payees = sorted({n for n, *_, run in lines if run == first})[:6]
+    # the advice for six payees of the first run (rendering all is slow on a shared machine)
+    with db.transaction(conn) as cur:
+        cur.execute(
+            "DELETE FROM erp.payment_lines pl USING erp.payment_runs r, erp.partners p "
+            "WHERE r.id = pl.payment_run_id AND p.id = pl.partner_id AND r.number = %s "
+            "AND NOT p.number = ANY(%s)",
+            (first, payees),
+        )
+    lines = _rows(conn, PAYMENT_LINES)
+    run_id = _run_pipeline(PAYMENT_ADVICE, "manual__pa", KEY, {"payment_run": first})
+    letters = {row[0]: row for row in _rows(conn, LETTERS, run_id)}
+    assert set(letters) == set(payees)
+    listed = _rows(
+        conn,
+        "SELECT l.id, lpl.payment_line_id FROM erp.letter_payment_lines lpl "
+        "JOIN erp.letters l ON l.id = lpl.letter_id WHERE l.run_id = %s",
+        run_id,
+    )
+    mine = {line_id for number, line_id, *_, run in lines if run == first}
+    assert {line_id for _, line_id in listed} == mine
+    for number, row in letters.items():
+        own = [line for line in lines if line[0] == number and line[8] == first]
+        paid: dict[str, Decimal] = defaultdict(Decimal)
+        for line in own:
+            paid[line[7]] += line[6]
+        assert {c: Decimal(v) for c, v in row[5].items()} == paid, number
+        text = _text(archive.read(row[6]))
+        for line in own:
+            assert line[2] in text, (number, line)
+        for other in lines:
+            if other[8] == second and other[0] == number:
+                assert other[2] not in text, (number, other)  # the other run's documents
+        assert f"relnr {number}" in text and first in text
+    # a deduction is printed with its document
+    with_discount = [line for line in lines if line[8] == first and line[4]]
+    if with_discount:
+        line = with_discount[0]
+        text = _text(archive.read(letters[line[0]][6]))
+        assert "Skonto" in text or "Discount" in text or "Korting" in text
+
+    # a second advice run for the same payment run advises nothing again
+    again = _run_pipeline(PAYMENT_ADVICE, "manual__pa_again", KEY, {"payment_run": first})
+    assert _rows(conn, LETTERS, again) == []
+
+
+def test_payment_advice_bad_input(statements_db) -> None:
+    conn = statements_db
+    _advice_conn(conn)
+    with db.transaction(conn) as cur:
+        with pytest.raises(ValueError, match="'NOPE' .* not found .*payment_run"):
+            statements.load_payment_run(cur, "DEMO", "NOPE")
+        cur.execute(
+            "INSERT INTO erp.payment_runs (company, number, payment_date, status) VALUES "
+            "('DEMO', 'PROP', %s, 'proposed'), ('DEMO', 'GONE', %s, 'cancelled')",
+            (KEY, KEY),
+        )
+    with db.transaction(conn) as cur:
+        with pytest.raises(ValueError, match="'PROP' is proposed, not executed"):
+            statements.load_payment_run(cur, "DEMO", "PROP")
+        assert statements.load_payment_run(cur, "DEMO", "PROP", dry_run=True).number == "PROP"
+        with pytest.raises(ValueError, match="'GONE' is cancelled"):
+            statements.load_payment_run(cur, "DEMO", "GONE", dry_run=True)
+    # a payee whose payment is not positive fails alone with the reason; the others go on
+    with db.transaction(conn) as cur:
+        cur.execute(
+            "INSERT INTO erp.payment_runs (company, number, payment_date, status) "
+            "VALUES ('DEMO', 'NEG', %s, 'executed') RETURNING id",
+            (KEY,),
+        )
+        run = cur.fetchone()[0]
+        cur.execute("SELECT id, number FROM erp.partners WHERE number IN ('000002', '000003')")
+        ids = dict((n, i) for i, n in cur.fetchall())
+        cur.execute(
+            "INSERT INTO erp.payment_lines (payment_run_id, partner_id, doc_number, "
+            "gross_amount, paid_amount, currency) VALUES (%s, %s, 'CN-9', -50, -50, 'EUR'), "
+            "(%s, %s, 'INV-9', 80, 80, 'EUR')",
+            (run, ids["000002"], run, ids["000003"]),
+        )
+    # deductions that do not add up are refused by the table
+    with pytest.raises(psycopg2.errors.CheckViolation), db.transaction(conn) as cur:
+        cur.execute(
+            "INSERT INTO erp.payment_lines (payment_run_id, partner_id, doc_number, "
+            "gross_amount, discount, paid_amount, currency) "
+            "VALUES (%s, %s, 'BAD', 80, 5, 80, 'EUR')",
+            (run, ids["000003"]),
+        )
+    run_id = documents.create_run(
+        kind="payment_advice",
+        airflow_run_id="manual__neg",
+        company="DEMO",
+        key_date=KEY,
+        params={"payment_run": "NEG"},
+    )
+    assert documents.generate(run_id, PAYMENT_ADVICE) == 2
+    rows = {row[0]: row for row in _rows(conn, LETTERS, run_id)}
+    assert rows["000002"][2] == "failed" and "EUR -50.00 is not positive" in rows["000002"][8]
+    assert rows["000003"][2] == "generated"
