@@ -206,6 +206,8 @@ def test_pdf_a3b_variant_carries_output_intent_and_xmp(seeded_db):
     xmp = root["/Metadata"].get_object().get_data()
     assert b'pdfaid:part="3"' in xmp and b'pdfaid:conformance="B"' in xmp
     assert context.reference.encode() in xmp
+    assert reader.trailer["/ID"][0]  # a file identifier, as PDF/A requires
+    assert reader.metadata["/Producer"].encode() in xmp  # info and XMP agree
     with pytest.raises(ValueError, match="pdf_variant"):
         pdf.render_batch(sources([context]), pdf_variant="pdf/x-9")
 
@@ -320,3 +322,14 @@ def test_loader_levels_follow_days_overdue(seeded_db):
             overdue = (date.today() - item.due_date).days
             assert item.level is None or overdue >= {1: 7, 2: 21, 3: 35}[item.level]
             assert item.due_date <= date.today() + timedelta(days=30)
+
+
+def test_progress_is_logged(seeded_db, monkeypatch, caplog):
+    monkeypatch.setattr(pdf, "PROGRESS_SECONDS", 0.0)
+    caplog.set_level("INFO", logger="erpmail.pdf")
+    results = pdf.render_many(sources(load_contexts(seeded_db, limit=3)), workers=1, chunk_size=2)
+    assert all(r.ok for r in results)
+    messages = [r.getMessage() for r in caplog.records if r.name == "erpmail.pdf"]
+    assert any(m.startswith("laid out 1/2 letters") for m in messages)
+    assert any(m.startswith("rendered 2/3 letters") for m in messages)
+    assert messages[-1].startswith("rendered 3 letters (0 failed)")

@@ -14,7 +14,7 @@ import mimetypes
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import pypdf
+import weasyprint
 from pypdf.generic import DecodedStreamObject, NameObject, TextStringObject
 from weasyprint import CSS, HTML
 from weasyprint.pdf.metadata import DocumentMetadata
@@ -100,6 +101,25 @@ class TemplateFetcher(URLFetcher):
         return URLFetcherResponse(path.as_uri(), path.read_bytes(), {"Content-Type": mime_type})
 
 
+class Progress:
+    """Logs done/total, rate and time left at most every ``PROGRESS_SECONDS``."""
+
+    def __init__(self, what: str, total: int):
+        self.what, self.total = what, total
+        self.started = self.last = time.monotonic()
+
+    def step(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        rate = done / (now - self.started) if now > self.started else 0.0
+        left = (self.total - done) / rate if rate else 0.0
+        log.info(
+            "%s %d/%d letters, %.1f letters/s, %.0f s left", self.what, done, self.total, rate, left
+        )
+
+
 def base_url(root: Path = TEMPLATES_DIR) -> str:
     """The URL relative links in letters resolve against: the templates folder."""
     return Path(root).resolve().as_uri() + "/"
@@ -115,9 +135,9 @@ def render_single(
     )
 
 
-def _pdf_date(value: str | None) -> str:
+def _pdf_date(value: str) -> str:
     """A W3C date (as WeasyPrint reads ``dcterms.created``) as a PDF date string."""
-    moment = datetime.fromisoformat(value) if value else datetime.now(UTC)
+    moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     offset = moment.strftime("%z") or "+0000"
@@ -148,8 +168,13 @@ def _letter_pdf(
     writer.pdf_header = reader.pdf_header
     for number in range(first, last):
         writer.add_page(reader.pages[number])
-    created = _pdf_date(metadata.created)
-    info = {"/Producer": "erpmail (WeasyPrint, pypdf)", "/CreationDate": created}
+    writer.generate_file_identifiers()  # PDF/A wants a file identifier; harmless otherwise
+    created = metadata.created or datetime.now(UTC).isoformat(timespec="seconds")
+    # the info dictionary and the XMP packet must agree (PDF/A): same producer, same date
+    info = {
+        "/Producer": f"WeasyPrint {weasyprint.__version__}",
+        "/CreationDate": _pdf_date(created),
+    }
     if metadata.title:
         info["/Title"] = metadata.title
     if metadata.authors:
@@ -168,7 +193,7 @@ def _letter_pdf(
             title=metadata.title,
             authors=metadata.authors,
             description=metadata.description,
-            created=metadata.created or datetime.now(UTC).isoformat(timespec="seconds"),
+            created=created,
         )
         xml = meta.generate_rdf_metadata("a", version, conformance)
         packet = (
@@ -192,7 +217,6 @@ def render_batch(
     *,
     pdf_variant: str | None = None,
     root: Path = TEMPLATES_DIR,
-    progress: Callable[[int, int], None] | None = None,
 ) -> list[LetterPdf]:
     """Render ``letters`` as one document and split it: one ``LetterPdf`` per letter, in order.
 
@@ -208,6 +232,7 @@ def render_batch(
     marker = CSS(string=_MARKER_CSS, font_config=fonts)
     results: dict[int, LetterPdf] = {}
     documents = []  # (index, document)
+    progress = Progress("laid out", len(letters))
     for index, letter in enumerate(letters):
         label = CSS(
             string=f'html {{ bookmark-level: 1; bookmark-label: "{BOOKMARK_PREFIX}{index}" }}',
@@ -227,8 +252,7 @@ def render_batch(
             )
             continue
         documents.append((index, document))
-        if progress:
-            progress(index + 1, len(letters))
+        progress.step(index + 1)
     if documents:
         pages = [page for _, doc in documents for page in doc.pages]
         batch = documents[0][1].copy(pages).write_pdf(pdf_variant=pdf_variant)
@@ -274,29 +298,15 @@ def render_many(
     workers = workers or cores()
     chunks = [list(letters[i : i + chunk_size]) for i in range(0, len(letters), chunk_size)]
     started = time.monotonic()
-    done, last_log = 0, started
+    progress = Progress("rendered", len(letters))
+    done = 0
     results: dict[int, list[LetterPdf]] = {}
-
-    def report(force: bool = False) -> None:
-        nonlocal last_log
-        now = time.monotonic()
-        if force or now - last_log >= PROGRESS_SECONDS:
-            rate = done / (now - started) if now > started else 0.0
-            left = (len(letters) - done) / rate if rate else float("nan")
-            log.info(
-                "rendered %d/%d letters, %.1f letters/s, %.0f s left",
-                done,
-                len(letters),
-                rate,
-                left,
-            )
-            last_log = now
 
     if workers <= 1 or len(chunks) <= 1:
         for number, chunk in enumerate(chunks):
             results[number] = render_batch(chunk, pdf_variant=pdf_variant, root=root)
             done += len(chunk)
-            report()
+            progress.step(done)
     else:
         # forkserver: no fork of a threaded Airflow task process; the server preloads us once
         context = multiprocessing.get_context("forkserver")
@@ -310,7 +320,7 @@ def render_many(
                 number = futures[future]
                 results[number] = future.result()
                 done += len(chunks[number])
-                report()
+                progress.step(done)
     out = [pdf for number in range(len(chunks)) for pdf in results[number]]
     failed = sum(1 for pdf in out if not pdf.ok)
     elapsed = time.monotonic() - started
