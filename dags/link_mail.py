@@ -1,0 +1,60 @@
+"""
+### Link mail by hand
+
+Files one stored mail (or every copy of a Message-ID) against a partner, contact,
+project, case or letter, with method `manual`. An `unlinked` mail becomes `linked`; the
+action is written to `mail.audit_log`.
+
+- `message`: the mail's id (`mail.messages.id`, as listed in the unlinked-mail alert) or
+  its Message-ID.
+- `entity_type` and `number`: partner number (leading zeros count), project as
+  `12-3-1` / `12/3/1` / `12,3,1`, case (ticket) number, contact id or letter id.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+
+with DAG(
+    dag_id="link_mail",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Berlin"),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["erpmail", "mail", "inbound"],
+    default_args={"owner": "erpmail", "retries": 0},
+    params={
+        "message": Param(
+            type="string",
+            minLength=1,
+            maxLength=1000,
+            description="The mail: its id in mail.messages, or its Message-ID.",
+        ),
+        "entity_type": Param(
+            "partner",
+            type="string",
+            enum=["partner", "contact", "project", "case", "letter"],
+            description="What to link the mail to.",
+        ),
+        "number": Param(
+            type="string",
+            minLength=1,
+            maxLength=100,
+            description="Partner number, project 12-3-1, case number, contact id or letter id.",
+        ),
+    },
+) as dag:
+
+    @task
+    def link(params: dict | None = None) -> list[int]:
+        """Link the mail; returns the ids of the mails linked."""
+        from erpmail import db, linking
+
+        params = params or {}
+        with db.transaction() as cur:
+            return linking.link_manually(
+                cur, params["message"], params["entity_type"], params["number"]
+            )
+
+    link()
