@@ -229,9 +229,3 @@ def take_slots(cur, account: Account, wanted: int) -> Slots:
     if granted and interval > 0:
         cur.execute(ADVANCE_NEXT_SEND, (account.id,))
     return Slots(granted, wait)
-
-
-def after_send(cur, account: Account) -> None:
-    """Move the account's next send time one interval past now (the send just finished)."""
-    if account.send_interval_seconds > 0:
-        cur.execute(ADVANCE_NEXT_SEND, (account.id,))

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -130,6 +132,63 @@ class _Progress:
         )
 
 
+class _Recorder:
+    """Writes verdicts on its own connection in a background thread, so the database round
+    trips overlap the next message's SMTP exchange; whatever queued up meanwhile goes in
+    one transaction. A verdict not yet written when the process dies leaves its message in
+    ``sending``, which reclaiming flags ``sent_uncertain``: never a silent duplicate."""
+
+    def __init__(self, url: str | None) -> None:
+        self.conn = db.connect(url)
+        self.queue: queue.Queue[outbox.Marks | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
+        self.thread.start()
+
+    def submit(self, marks: outbox.Marks) -> None:
+        self._raise()
+        self.queue.put(marks)
+
+    def flush(self) -> None:
+        """Wait until every submitted verdict is committed."""
+        self.queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self.conn.close()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"recording send results failed: {self.error}") from self.error
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while True:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            marks = [m for m in batch if m is not None]
+            try:
+                if marks and self.error is None:
+                    outbox.write_marks(self.conn, marks)
+            except Exception as e:  # the main thread re-raises it and stops sending
+                log.error(
+                    "recording send results of outbox %s failed: %s",
+                    [m.outbox_id for m in marks],
+                    e,
+                )
+                self.error = e
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+            if None in batch:
+                return
+
+
 class _Sessions:
     """One SMTP session per account, opened on first use and renewed when stale."""
 
@@ -181,6 +240,7 @@ def dispatch(
     ignore_due = source_type is not None or source_id is not None
     conn = db.connect(url)
     sessions = _Sessions(reconnect_after)
+    recorder = _Recorder(url)
     try:
         summary.reclaimed = len(outbox.reclaim_stuck(conn, timeout_seconds=stuck_after_seconds))
         with db.transaction(conn) as cur:
@@ -230,12 +290,16 @@ def dispatch(
                     summary.throttle_waits += 1
                     ready[account_id] = time.monotonic() + claim.slots.wait_seconds
                 continue
-            if not _send_batch(conn, acct, claim.messages, sessions, policy, summary, deadline):
+            ok = _send_batch(
+                conn, acct, claim.messages, sessions, recorder, policy, summary, deadline
+            )
+            if not ok:
                 del ready[account_id]
             progress.tick()
         _file_sent_copies(conn, [by_id[i] for i in by_id], deadline, summary)
     finally:
         sessions.close()
+        recorder.close()
         conn.close()
     summary.seconds = time.monotonic() - start
     progress.tick(force=True)
@@ -248,6 +312,7 @@ def _send_batch(
     account: Account,
     messages: list[OutboxMessage],
     sessions: _Sessions,
+    recorder: _Recorder,
     policy: RetryPolicy,
     summary: Summary,
     deadline: float,
@@ -277,12 +342,15 @@ def _send_batch(
                     message.key,
                     " (possibly delivered: flagged sent_uncertain)" if e.after_dot else "",
                 )
-                status = outbox.record_dropped(
-                    conn, message, str(e), after_dot=e.after_dot, account=account, policy=policy
+                marks = outbox.dropped(
+                    message, str(e), after_dot=e.after_dot, account=account, policy=policy
                 )
-                _count(summary, status, message.sent_uncertain or e.after_dot)
+                recorder.submit(marks)
+                _count(summary, marks.status, message.sent_uncertain or e.after_dot)
                 continue
-            status = outbox.record(conn, message, delivery, account=account, policy=policy)
+            marks = outbox.verdict(message, delivery, account=account, policy=policy)
+            recorder.submit(marks)
+            status = marks.status
             if status != "sent":
                 log.warning(
                     "account %r: %s %s at %s: %d %s",
@@ -300,6 +368,8 @@ def _send_batch(
         rest = [m.id for m in messages[handled:]]
         if rest:
             summary.released += outbox.release(conn, rest, stop_reason)
+        # the batch's verdicts are committed before the next claim (and the throttle sees them)
+        recorder.flush()
 
 
 def _count(summary: Summary, status: str, uncertain: bool) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email import policy as email_policy
 from email.parser import BytesHeaderParser
 
-from erpmail.accounts import Account, Slots, after_send, take_slots
+from erpmail.accounts import ADVANCE_NEXT_SEND, Account, Slots, take_slots
 from erpmail.smtp import Delivery
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ RETURNING o.id, o.key, o.message_id, o.envelope_from,
     ARRAY(SELECT u.a FROM unnest(o.recipients) WITH ORDINALITY u(a, n)
           JOIN mail.outbox_recipients r ON r.outbox_id = o.id AND r.address = u.a
           WHERE r.status = 'pending' ORDER BY u.n),
-    o.mime, o.attempts, o.sent_uncertain, o.created_at"""
+    o.mime, o.attempts, o.sent_uncertain, o.created_at,
+    EXISTS (SELECT 1 FROM mail.outbox_recipients r
+            WHERE r.outbox_id = o.id AND r.status = 'accepted')"""
 # Back to the queue untouched: the account could not connect, or the run's time is up.
 RELEASE = """
 UPDATE mail.outbox
@@ -75,10 +77,6 @@ UPDATE mail.outbox_recipients r
 SET status = v.status, smtp_code = v.code, smtp_reply = v.reply
 FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) AS v(address, status, code, reply)
 WHERE r.outbox_id = %s AND r.address = v.address"""
-PENDING_LEFT = """
-SELECT count(*) FROM mail.outbox_recipients WHERE outbox_id = %s AND status = 'pending'"""
-ACCEPTED_ANY = """
-SELECT count(*) FROM mail.outbox_recipients WHERE outbox_id = %s AND status = 'accepted'"""
 MARK_SENT = """
 UPDATE mail.outbox
 SET status = 'sent', sent_at = coalesce(sent_at, clock_timestamp()), claimed_by = NULL,
@@ -135,6 +133,7 @@ class OutboxMessage:
     attempts: int
     sent_uncertain: bool
     created_at: datetime
+    accepted_before: bool = False  # some recipients took it on an earlier attempt
 
 
 @dataclass(frozen=True)
@@ -294,22 +293,25 @@ def reclaim_stuck(conn, *, timeout_seconds: float) -> list[int]:
     return ids
 
 
-def record(
-    conn,
-    message: OutboxMessage,
-    delivery: Delivery,
-    *,
-    account: Account,
-    policy: RetryPolicy,
-) -> str:
-    """Store the server's verdict on one message and commit; returns the new status
-    (``sent``, ``queued`` for a retry, or ``failed``)."""
+@dataclass(frozen=True)
+class Marks:
+    """A message's new status and the statements that store it (see :func:`write_marks`)."""
+
+    outbox_id: int
+    status: str  # sent, queued (a retry) or failed
+    statements: tuple[tuple[str, object], ...]
+
+
+def verdict(
+    message: OutboxMessage, delivery: Delivery, *, account: Account, policy: RetryPolicy
+) -> Marks:
+    """What the server's reply means for the message and each of its recipients."""
     names, states, codes, replies = [], [], [], []
     for address in message.recipients:
         code, reply = delivery.recipients.get(address, (delivery.code, delivery.reply))
         if delivery.outcome == "sent":
             state = "accepted" if code in (250, 251) else _refusal(code)
-        elif code in (250, 251):  # accepted at RCPT, then MAIL/DATA decided otherwise
+        elif code in (250, 251):  # accepted at RCPT, then DATA decided otherwise
             code, reply = delivery.code, delivery.reply
             state = "refused" if delivery.outcome == "failed" else "pending"
         else:
@@ -318,46 +320,69 @@ def record(
         states.append(state)
         codes.append(code)
         replies.append(reply)
+    statements = [(MARK_RECIPIENTS, (names, states, codes, replies, message.id))]
+    accepted = message.accepted_before or "accepted" in states
     copy = account.sent_folder is not None
+    args = {
+        "id": message.id,
+        "code": delivery.code,
+        "reply": delivery.reply,
+        "queue_id": delivery.queue_id,
+        "copy": copy,
+        "uncertain": False,
+    }
+    if "pending" not in states and accepted:
+        status = "sent"
+        statements.append((MARK_SENT, args))
+    elif "pending" not in states:
+        status = "failed"
+        statements.append((MARK_FAILED, dict(args, tried=1, error=f"{delivery.stage}: refused")))
+    else:
+        error = _deferral(delivery, states, codes, replies)
+        status, statement = _defer(message, policy, args, error=error, partial=accepted)
+        statements.append(statement)
+    return Marks(message.id, status, (*statements, *_throttle(account)))
+
+
+def dropped(
+    message: OutboxMessage,
+    reason: str,
+    *,
+    after_dot: bool,
+    account: Account,
+    policy: RetryPolicy,
+) -> Marks:
+    """The connection broke while sending: retry later. After the final dot the server may
+    have accepted it, so the message is flagged ``sent_uncertain``."""
+    args = {"id": message.id, "code": None, "reply": None, "uncertain": after_dot, "copy": False}
+    status, statement = _defer(message, policy, args, error=reason, partial=False)
+    return Marks(message.id, status, (statement, *_throttle(account)))
+
+
+def write_marks(conn, marks: list[Marks]) -> None:
+    """Store several messages' marks in one transaction and one round trip, then commit."""
     with conn.cursor() as cur:
         try:
-            cur.execute(ASYNC_COMMIT)
-            cur.execute(MARK_RECIPIENTS, (names, states, codes, replies, message.id))
-            cur.execute(PENDING_LEFT, (message.id,))
-            pending = cur.fetchone()[0]
-            cur.execute(ACCEPTED_ANY, (message.id,))
-            accepted = cur.fetchone()[0]
-            args = {
-                "id": message.id,
-                "code": delivery.code,
-                "reply": delivery.reply,
-                "queue_id": delivery.queue_id,
-                "copy": copy,
-            }
-            if pending == 0 and accepted:
-                cur.execute(MARK_SENT, args)
-                status = "sent"
-            elif pending == 0:
-                _mark_failed(cur, message, args, error=f"{delivery.stage}: refused")
-                status = "failed"
-            else:
-                status = _defer(
-                    cur,
-                    message,
-                    policy,
-                    code=delivery.code,
-                    reply=delivery.reply,
-                    error=_deferral(delivery, states, codes, replies),
-                    uncertain=False,
-                    partial=accepted > 0,
-                    copy=copy,
-                )
-            after_send(cur, account)
+            sql = b";\n".join(
+                cur.mogrify(statement, args)
+                for m in marks
+                for statement, args in ((ASYNC_COMMIT, None), *m.statements)
+            )
+            cur.execute(sql)
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
-    return status
+
+
+def record(
+    conn, message: OutboxMessage, delivery: Delivery, *, account: Account, policy: RetryPolicy
+) -> str:
+    """Store the server's verdict on one message and commit; returns the new status
+    (``sent``, ``queued`` for a retry, or ``failed``)."""
+    marks = verdict(message, delivery, account=account, policy=policy)
+    write_marks(conn, [marks])
+    return marks.status
 
 
 def record_dropped(
@@ -369,28 +394,15 @@ def record_dropped(
     account: Account,
     policy: RetryPolicy,
 ) -> str:
-    """The connection broke while sending: retry later; after the final dot the server may
-    have accepted it, so the retry is flagged ``sent_uncertain``. Returns the new status."""
-    with conn.cursor() as cur:
-        try:
-            cur.execute(ASYNC_COMMIT)
-            status = _defer(
-                cur,
-                message,
-                policy,
-                code=None,
-                reply=None,
-                error=reason,
-                uncertain=after_dot,
-                partial=False,
-                copy=False,
-            )
-            after_send(cur, account)
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-    return status
+    """:func:`dropped`, stored and committed; returns the new status."""
+    marks = dropped(message, reason, after_dot=after_dot, account=account, policy=policy)
+    write_marks(conn, [marks])
+    return marks.status
+
+
+def _throttle(account: Account) -> tuple[tuple[str, object], ...]:
+    # the send just finished: the account's interval counts from now
+    return ((ADVANCE_NEXT_SEND, (account.id,)),) if account.send_interval_seconds > 0 else ()
 
 
 def _deferral(delivery: Delivery, states: list, codes: list, replies: list) -> str:
@@ -408,41 +420,11 @@ def _refusal(code: int) -> str:
 
 
 def _defer(
-    cur,
-    message: OutboxMessage,
-    policy: RetryPolicy,
-    *,
-    code: int | None,
-    reply: str | None,
-    error: str,
-    uncertain: bool,
-    partial: bool,
-    copy: bool,
-) -> str:
-    cur.execute("SELECT clock_timestamp()")
-    now = cur.fetchone()[0]
+    message: OutboxMessage, policy: RetryPolicy, args: dict, *, error: str, partial: bool
+) -> tuple[str, tuple[str, dict]]:
     attempts = message.attempts + 1
-    args = {"id": message.id, "code": code, "reply": reply, "uncertain": uncertain}
-    if policy.exhausted(attempts, message.created_at, now):
-        args["error"] = f"gave up after {attempts} attempt(s): {error}"
-        _mark_failed(cur, message, args, error=args["error"])
-        return "failed"
-    args.update(
-        delay=policy.delay(attempts), error=error, partial=partial, copy=copy, queue_id=None
-    )
-    cur.execute(MARK_DEFERRED, args)
-    return "queued"
-
-
-def _mark_failed(cur, message: OutboxMessage, args: dict, *, error: str) -> None:
-    cur.execute(
-        MARK_FAILED,
-        {
-            "id": message.id,
-            "tried": 1,
-            "uncertain": args.get("uncertain", False),
-            "code": args["code"],
-            "reply": args["reply"],
-            "error": error,
-        },
-    )
+    if policy.exhausted(attempts, message.created_at, datetime.now(UTC)):
+        failed = dict(args, tried=1, error=f"gave up after {attempts} attempt(s): {error}")
+        return "failed", (MARK_FAILED, failed)
+    deferred = dict(args, delay=policy.delay(attempts), error=error, partial=partial)
+    return "queued", (MARK_DEFERRED, deferred)
