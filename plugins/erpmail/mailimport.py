@@ -230,7 +230,7 @@ def import_message(
     day: date | None = None,
 ) -> Stored:
     """Store one raw mail for a location in the caller's transaction (idempotent)."""
-    return _import_one(cur, location, [raw], uid, uidvalidity, received, day or today())
+    return _import_one(cur, location, [raw], uid, uidvalidity, received, day or today(), False)
 
 
 def _import_one(
@@ -241,7 +241,9 @@ def _import_one(
     uidvalidity: int | None,
     received: datetime | None,
     day: date,
+    checked: bool,
 ) -> Stored:
+    # ``checked``: the caller already knows no mail with this Message-ID is stored.
     # The raw bytes come in a box so that, for a large mail, the only reference can be
     # dropped once the .eml is stored and the parse reads the file instead.
     raw = box.pop()
@@ -252,13 +254,14 @@ def _import_one(
     message_id = (
         mailparse.message_id_from_header_block(_header_block(raw)) if big else parsed.message_id
     )
-    if message_id:
-        cur.execute(EXISTING_BY_MESSAGE_ID, (location.id, message_id))
-    else:
-        cur.execute(EXISTING_BY_SHA, (location.id, sha))
-    row = cur.fetchone()
-    if row:
-        return Stored(row[0], False, "duplicate")
+    if not (checked and message_id):
+        if message_id:
+            cur.execute(EXISTING_BY_MESSAGE_ID, (location.id, message_id))
+        else:
+            cur.execute(EXISTING_BY_SHA, (location.id, sha))
+        row = cur.fetchone()
+        if row:
+            return Stored(row[0], False, "duplicate")
     key = eml_key(location, sha, received)
     archive.store(key, raw)
     written = [key]
@@ -312,6 +315,9 @@ def _insert(
         references=parsed.references,
         keywords=location.link_keywords,
     )
+    # a mail in a ticket location always ends up with its case
+    linked = links or (location.ticket_enabled and not parsed.malformed)
+    status = "malformed" if parsed.malformed else ("linked" if linked else "unlinked")
     cur.execute(
         INSERT_MESSAGE,
         {
@@ -334,7 +340,7 @@ def _insert(
             "body_text": parsed.body_text,
             "body_html": parsed.body_html,
             "defects": _defects(parsed),
-            "status": "malformed" if parsed.malformed else "unlinked",
+            "status": status,
         },
     )
     defect_count = len(parsed.defects[:200])
@@ -360,9 +366,9 @@ def _insert(
         if ticket.opened:
             links.append(linking.Link("case", ticket.case_id, "ticket"))
     linking.store_links(cur, mail_id, links)
-    status = "malformed" if parsed.malformed else ("linked" if links else "unlinked")
-    defects = _defects(parsed)  # decoding attachments may have found more
-    if status != "unlinked" or len(defects) != defect_count:
+    defects = _defects(parsed)
+    if len(defects) != defect_count:  # decoding the attachments found more
+        status = "malformed"
         cur.execute(SET_STATUS, (status, defects, mail_id))
     if location.autoreply_enabled and not parsed.malformed:
         tickets.autoreply(
@@ -655,6 +661,7 @@ def _batch(
                 done.append(cand.uid)
             else:
                 wanted.append(cand)
+        cur.execute("SAVEPOINT mail")  # each mail fails alone, rolled back to here
         small_uids = [c.uid for c in wanted if c.size <= FETCH_CHUNK_BYTES]
         small = client.fetch(small_uids, ["BODY.PEEK[]"]) if small_uids else {}
         for cand in wanted:
@@ -667,10 +674,9 @@ def _batch(
             box = [item.pop(b"BODY[]")]
             del item
             size = len(box[0])
-            cur.execute("SAVEPOINT mail")
             try:
                 stored = _import_one(
-                    cur, location, box, cand.uid, uidvalidity, cand.internal_date, day
+                    cur, location, box, cand.uid, uidvalidity, cand.internal_date, day, True
                 )
             except Exception:
                 cur.execute("ROLLBACK TO SAVEPOINT mail")
@@ -680,7 +686,8 @@ def _batch(
                     "%s: UID %s could not be imported; left on the server", location.name, cand.uid
                 )
                 continue
-            cur.execute("RELEASE SAVEPOINT mail")
+            # one round trip: keep this mail, open the next one's savepoint
+            cur.execute("RELEASE SAVEPOINT mail; SAVEPOINT mail")
             done.append(cand.uid)
             if stored.new:
                 summary.new += 1

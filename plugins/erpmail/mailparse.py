@@ -58,6 +58,31 @@ _PATHLIKE = re.compile(r"[/\\]|\.\.|[\x00-\x1f\x7f]")
 _ENCODED_WORD = re.compile(r"=\?([^?*\s]{1,60})(?:\*[^?]*)?\?[bBqQ]\?")
 
 
+class _Policy(policy.EmailPolicy):
+    """``policy.default``, with each header parsed once per message instead of on every read.
+
+    The stdlib builds a new header object on each access (``get_content_type()`` alone reads
+    Content-Type several times per part); header objects are immutable, so a per-parse
+    cache keyed by name and raw value changes nothing but the time spent.
+    """
+
+    cache: dict | None = None
+
+    def header_fetch_parse(self, name, value):
+        if hasattr(value, "name") or self.cache is None or len(value) > MAX_HEADER_CHARS:
+            return super().header_fetch_parse(name, value)
+        key = (name.lower(), value)
+        found = self.cache.get(key)
+        if found is None:
+            found = self.cache[key] = super().header_fetch_parse(name, value)
+        return found
+
+
+def _policy() -> _Policy:
+    # one cache per parsed mail: it lives as long as the message object, no longer
+    return _Policy(cache={})
+
+
 @dataclass
 class Attachment:
     """One attachment; ``chunks()`` yields its decoded bytes once and then sets size/sha256."""
@@ -188,7 +213,7 @@ def message_id_from_header_block(block: bytes) -> str | None:
 def parse(source: bytes | BinaryIO) -> ParsedMail:
     """Parse a raw mail (bytes or a binary stream, read in chunks); never raises on bad mail."""
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-    parser = BytesFeedParser(policy=policy.default)
+    parser = BytesFeedParser(policy=_policy())
     seen = 0
     try:
         nul = False

@@ -1,0 +1,195 @@
+"""Benchmark: the mailbox import against a bare imapclient ``UID FETCH BODY.PEEK[]`` loop.
+
+Same run, same Dovecot mailbox (IMAPS, verified against a test CA), same mails: a mix of
+plain, HTML-alternative, attachment and latin-1 mails, some linking by keyword or sender.
+  bare      login, select, then UID FETCH BODY.PEEK[] in chunks of --chunk UIDs; nothing kept
+  import    erpmail.mailimport.import_location: the same fetches plus parse, dedupe, .eml and
+            attachments to the store, linking, rows in PostgreSQL, commit, flag as seen
+Both run --rounds times, alternating; the best round of each counts. Needs root (Dovecot)
+and PostgreSQL at ERPMAIL_TEST_DB_URL (default postgresql://postgres@127.0.0.1:5432/test).
+
+    .venv/bin/python bench/import.py [--mails 2000] [--chunk 100] [--rounds 2] [--attachment-kb 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
+
+import psycopg2  # noqa: E402
+
+from tests.servers.dovecot import start_dovecot  # noqa: E402
+from tests.servers.tlsca import make_certs  # noqa: E402
+
+TEST_DB_URL = os.environ.get("ERPMAIL_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def corpus(count: int, attachment_kb: int = 0) -> list[bytes]:
+    """``count`` mails of four shapes, about 3 KB on average; with ``attachment_kb``, each
+    also carries a PDF-like attachment of that size (the ERP's usual business mail)."""
+    mails = []
+    for n in range(count):
+        msg = EmailMessage()
+        msg["From"] = f"Kunde {n} <kunde{n % 50}@example.org>"
+        msg["To"] = "eingang@erp.example.com"
+        msg["Subject"] = f"Rückfrage relnr {n % 200 + 1:06d} Nr. {n}"
+        msg["Date"] = "Fri, 01 Mar 2024 10:00:00 +0100"
+        msg["Message-ID"] = f"<bench-{n}@example.org>"
+        text = f"Guten Tag,\n\nzur Rechnung {n} haben wir eine Frage.\n" + "Text. " * 200
+        if n % 4 == 0:
+            msg.set_content(text)
+        elif n % 4 == 1:
+            msg.set_content(text)
+            msg.add_alternative(f"<html><body><p>{text}</p></body></html>", subtype="html")
+        elif n % 4 == 2:
+            msg.set_content(text)
+            msg.add_attachment(
+                os.urandom(2000), maintype="application", subtype="pdf", filename=f"Beleg {n}.pdf"
+            )
+        else:
+            msg.set_content(text, charset="iso-8859-1", cte="quoted-printable")
+        if attachment_kb:
+            msg.add_attachment(
+                os.urandom(attachment_kb * 1024),
+                maintype="application",
+                subtype="pdf",
+                filename=f"Rechnung {n}.pdf",
+            )
+        mails.append(msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
+    return mails
+
+
+def bare(user, ca_file: str, chunk: int) -> tuple[float, int]:
+    """Seconds and bytes for the bare loop over the whole INBOX."""
+    import ssl
+
+    from imapclient import IMAPClient
+
+    started = time.perf_counter()
+    total = 0
+    with IMAPClient(
+        user.host, port=user.imaps_port, ssl_context=ssl.create_default_context(cafile=ca_file)
+    ) as client:
+        client.login(user.name, user.password)
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search("ALL")
+        for start in range(0, len(uids), chunk):
+            for item in client.fetch(uids[start : start + chunk], ["BODY.PEEK[]"]).values():
+                total += len(item[b"BODY[]"])
+    return time.perf_counter() - started, total
+
+
+def database() -> tuple[str, str]:
+    from erpmail import db, seed
+
+    name = f"erpmail_bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(TEST_DB_URL)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")  # generated name, not input
+    admin.close()
+    url = urlsplit(TEST_DB_URL)._replace(path=f"/{name}").geturl()
+    conn = psycopg2.connect(url)
+    db.migrate(conn)
+    seed.seed(conn, partners=200, seed=1)
+    conn.close()
+    return name, url
+
+
+def drop(name: str) -> None:
+    admin = psycopg2.connect(TEST_DB_URL)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mails", type=int, default=2000)
+    parser.add_argument("--chunk", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--attachment-kb", type=int, default=0, help="a PDF of this size per mail")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    tmp = Path(tempfile.mkdtemp(prefix="erpmail-bench-import-"))
+    certs = make_certs(tmp / "tls")
+    server = start_dovecot(certs)
+    dbname, url = database()
+    os.environ["ERPMAIL_DB_URL"] = url
+    try:
+        user = server.add_user()
+        os.environ["AIRFLOW_CONN_IMAP_BENCH"] = json.dumps(
+            {
+                "conn_type": "imap",
+                "host": user.host,
+                "port": user.imaps_port,
+                "login": user.name,
+                "password": user.password,
+                "extra": {"ca_file": str(certs.ca_cert)},
+            }
+        )
+        from erpmail import mailimport
+        from erpmail.imap import ImapHook
+
+        mails = corpus(args.mails, args.attachment_kb)
+        with ImapHook("imap_bench").client() as client:
+            for raw in mails:
+                client.append("INBOX", raw)
+        print(f"{len(mails)} mails, {sum(map(len, mails)) / 1e6:.1f} MB in Dovecot (IMAPS)")
+
+        conn = psycopg2.connect(url)
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO mail.import_locations (name, conn_id, after_import, link_keywords,"
+                " store_attachments) VALUES ('bench', 'imap_bench', 'flag_seen',"
+                ' \'{"relnr": "partner"}\', true) RETURNING id'
+            )
+            location = cur.fetchone()[0]
+        conn.commit()
+
+        bare_times, import_times = [], []
+        for round_ in range(args.rounds):
+            seconds, size = bare(user, str(certs.ca_cert), args.chunk)
+            bare_times.append(seconds)
+            # a fresh start for the import: no rows, no watermark, an empty store
+            with conn.cursor() as cur:
+                cur.execute("TRUNCATE mail.messages, mail.import_watermarks CASCADE")
+            conn.commit()
+            os.environ["ERPMAIL_ARCHIVE_URL"] = f"file://{tmp / f'archive{round_}'}"
+            started = time.perf_counter()
+            summary = mailimport.import_location(location, fetch_chunk=args.chunk)
+            import_times.append(time.perf_counter() - started)
+            assert summary.new == len(mails) and summary.failed == 0, str(summary)
+            print(
+                f"round {round_ + 1}: bare {len(mails) / seconds:7.0f} mails/s   "
+                f"import {len(mails) / import_times[-1]:7.0f} mails/s"
+            )
+        conn.close()
+        bare_rate = len(mails) / min(bare_times)
+        import_rate = len(mails) / min(import_times)
+        print(f"bare UID FETCH BODY.PEEK[] loop : {bare_rate:8.0f} mails/s ({size / 1e6:.1f} MB)")
+        print(f"erpmail import                  : {import_rate:8.0f} mails/s")
+        print(f"ratio import / bare             : {import_rate / bare_rate:8.2f}  (target >= 0.7)")
+    finally:
+        server.stop()
+        drop(dbname)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
