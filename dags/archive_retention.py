@@ -89,19 +89,24 @@ with DAG(
     @task
     def purge() -> dict:
         """Sweep leftover files, then purge or report; returns the run summary."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from erpmail import retention
 
         context = get_current_context()
         params, dag_run = context["params"], context["dag_run"]
         run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
-        return retention.run(
-            dry_run=retention.dry_run_for(run_type, params["dry_run"]),
-            location=params["location"] or None,
-            force=params["force"],
-            force_reason=params["force_reason"],
-            actor=dag_run.triggering_user_name or f"{run_type} run",
-            run_id=dag_run.run_id,
-            batch_size=params["batch_size"],
-        )
+        try:
+            return retention.run(
+                dry_run=retention.dry_run_for(run_type, params["dry_run"]),
+                location=params["location"] or None,
+                force=params["force"],
+                force_reason=params["force_reason"],
+                actor=dag_run.triggering_user_name or f"{run_type} run",
+                run_id=dag_run.run_id,
+                batch_size=params["batch_size"],
+            )
+        except ValueError as exc:  # a bad request (unknown location): a retry cannot help
+            raise AirflowFailException(str(exc)) from exc
 
     check_request() >> purge()
