@@ -21,9 +21,12 @@ from tests.test_smtp import use_server
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = """
-import json, logging, sys
+import json, logging, os, sys, time
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from erpmail.dispatch import dispatch
+go = os.environ.get("ERPMAIL_TEST_GO")  # start together: importing Airflow takes seconds
+while go and not os.path.exists(go):
+    time.sleep(0.05)
 print(json.dumps(dispatch(**json.loads(sys.argv[1])).as_dict()))
 """
 
@@ -253,10 +256,14 @@ def test_progress_and_summary_are_logged(db, monkeypatch, smtp_server, caplog):
     assert "dispatch summary: 3 sent, 0 deferred for retry, 0 failed of 3 due" in text
 
 
-def test_four_processes_send_each_message_once(db, monkeypatch, smtp_server):
+def test_four_processes_send_each_message_once(db, monkeypatch, smtp_server, tmp_path):
     account = account_on(db, monkeypatch, smtp_server)
     enqueue_many(db, account, 500)
+    go = tmp_path / "go"
+    monkeypatch.setenv("ERPMAIL_TEST_GO", str(go))
+    smtp_server.delay("DATA", 0.005)  # keeps all four busy at once
     procs = [start_dispatcher(budget_seconds=200, batch_size=10) for _ in range(4)]
+    go.touch()
     summaries = [finish(p) for p in procs]
     assert sum(s["sent"] for s in summaries) == 500
     assert statuses(db) == {"sent": 500}
@@ -308,10 +315,13 @@ def test_interval_spaces_sends(db, monkeypatch, smtp_server):
     assert min(_receive_gaps(smtp_server, 5)) >= 2.0
 
 
-def test_interval_holds_across_two_processes(db, monkeypatch, smtp_server):
+def test_interval_holds_across_two_processes(db, monkeypatch, smtp_server, tmp_path):
     account = account_on(db, monkeypatch, smtp_server, interval=2)
     enqueue_many(db, account, 5)
+    go = tmp_path / "go"
+    monkeypatch.setenv("ERPMAIL_TEST_GO", str(go))
     procs = [start_dispatcher(budget_seconds=40) for _ in range(2)]
+    go.touch()
     summaries = [finish(p) for p in procs]
     assert sum(s["sent"] for s in summaries) == 5
     assert min(_receive_gaps(smtp_server, 5)) >= 2.0

@@ -344,3 +344,21 @@ def test_retry_policy_backoff_is_capped():
     assert not policy.exhausted(4, now - timedelta(hours=1), now)
     assert policy.exhausted(5, now, now)
     assert policy.exhausted(1, now - timedelta(days=2), now)
+
+
+def test_a_late_verdict_never_overwrites_the_new_owner(db):
+    account = add_account(db)
+    (oid,) = enqueue_many(db, account, 1)
+    (stale,) = outbox.claim(db, account, worker="slow", limit=1).messages
+    assert outbox.reclaim_stuck(db, timeout_seconds=0) == [oid]
+    (fresh,) = outbox.claim(db, account, worker="w2", limit=1).messages
+    late = Delivery("failed", 550, "5.0.0 late", "DATA", {stale.recipients[0]: (250, "OK")})
+    outbox.record(db, stale, late, account=account, policy=RetryPolicy())
+    assert outbox.release(db, [oid], "stale release", worker="slow") == 0
+    stored = row(db, oid)
+    assert (stored["status"], stored["claimed_by"]) == ("sending", "w2")
+    assert list(recipients(db, oid).values()) == [("pending", None, None)]
+    ok = Delivery("sent", 250, "OK", "DATA", {fresh.recipients[0]: (250, "OK")})
+    assert outbox.record(db, fresh, ok, account=account, policy=RetryPolicy()) == "sent"
+    stored = row(db, oid)
+    assert stored["status"] == "sent" and stored["sent_uncertain"]

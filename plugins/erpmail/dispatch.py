@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from erpmail import db, outbox
@@ -189,6 +190,56 @@ class _Recorder:
                 return
 
 
+class _Claimer:
+    """Claims on its own connection and thread. For an unthrottled account the next batch is
+    claimed while the current one is sent, so moving the MIME bytes out of the database
+    overlaps SMTP; a batch claimed ahead and not needed goes back to the queue."""
+
+    def __init__(self, url: str | None, worker: str, **options) -> None:
+        self.conn = db.connect(url)
+        self.worker = worker
+        self.options = options
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-claimer")
+        self.ahead: dict[int, Future[tuple[outbox.Claim, float]]] = {}
+
+    def _claim(self, account: Account) -> tuple[outbox.Claim, float]:
+        claim = outbox.claim(self.conn, account, worker=self.worker, **self.options)
+        return claim, time.monotonic()
+
+    def claim(self, account: Account) -> tuple[outbox.Claim, float]:
+        """The account's next claim and when it was taken (monotonic clock)."""
+        ahead = self.ahead.pop(account.id, None)
+        result = (ahead or self.pool.submit(self._claim, account)).result()
+        if not account.throttled and len(result[0].messages) == self.options["limit"]:
+            self.ahead[account.id] = self.pool.submit(self._claim, account)
+        return result
+
+    def discard(self, account_id: int | None = None) -> int:
+        """Release batches claimed ahead (for one account, or all); returns how many."""
+        ids = [account_id] if account_id is not None else list(self.ahead)
+        released = 0
+        for key in ids:
+            future = self.ahead.pop(key, None)
+            if future is None:
+                continue
+            messages = future.result()[0].messages
+            released += self.pool.submit(
+                outbox.release,
+                self.conn,
+                [m.id for m in messages],
+                "claimed ahead, not sent in this run",
+                worker=self.worker,
+            ).result()
+        return released
+
+    def close(self) -> int:
+        try:
+            return self.discard()
+        finally:
+            self.pool.shutdown()
+            self.conn.close()
+
+
 class _Sessions:
     """One SMTP session per account, opened on first use and renewed when stale."""
 
@@ -241,6 +292,14 @@ def dispatch(
     conn = db.connect(url)
     sessions = _Sessions(reconnect_after)
     recorder = _Recorder(url)
+    claimer = _Claimer(
+        url,
+        worker,
+        limit=batch_size,
+        source_type=source_type,
+        source_id=source_id,
+        ignore_due=ignore_due,
+    )
     try:
         summary.reclaimed = len(outbox.reclaim_stuck(conn, timeout_seconds=stuck_after_seconds))
         with db.transaction(conn) as cur:
@@ -274,15 +333,7 @@ def dispatch(
                 time.sleep(min(at - now, deadline - now, progress_every))
                 continue
             acct = by_id[account_id]
-            claim = outbox.claim(
-                conn,
-                acct,
-                worker=worker,
-                limit=batch_size,
-                source_type=source_type,
-                source_id=source_id,
-                ignore_due=ignore_due,
-            )
+            claim, claimed_at = claimer.claim(acct)
             if not claim.messages:
                 if claim.slots.wait_seconds is None:
                     del ready[account_id]  # nothing due for this account
@@ -291,14 +342,25 @@ def dispatch(
                     ready[account_id] = time.monotonic() + claim.slots.wait_seconds
                 continue
             ok = _send_batch(
-                conn, acct, claim.messages, sessions, recorder, policy, summary, deadline
+                conn,
+                acct,
+                claim.messages,
+                sessions,
+                recorder,
+                policy,
+                summary,
+                min(deadline, claimed_at + stuck_after_seconds / 2),
             )
             if not ok:
                 del ready[account_id]
+                summary.released += claimer.discard(account_id)
             progress.tick()
+        summary.released += claimer.discard()
+        recorder.flush()
         _file_sent_copies(conn, [by_id[i] for i in by_id], deadline, summary)
     finally:
         sessions.close()
+        summary.released += claimer.close()
         recorder.close()
         conn.close()
     summary.seconds = time.monotonic() - start
@@ -315,14 +377,19 @@ def _send_batch(
     recorder: _Recorder,
     policy: RetryPolicy,
     summary: Summary,
-    deadline: float,
+    hold_until: float,
 ) -> bool:
-    """Send claimed messages over the account's session; False when the account stopped."""
+    """Send claimed messages over the account's session; False when the account stopped.
+
+    Past ``hold_until`` (the run's deadline, or half the reclaim timeout after the claim, so
+    that no other worker takes a message back while this one may still send it) the rest
+    is released; the first message always goes, so every claim makes progress."""
     handled = 0
     stop_reason = "time budget of the run used up"
+    worker = messages[0].claimed_by
     try:
         for message in messages:
-            if time.monotonic() >= deadline:
+            if handled and time.monotonic() >= hold_until:
                 break
             try:
                 session = sessions.get(account)
@@ -367,9 +434,10 @@ def _send_batch(
         # whatever stopped the batch, untried messages go back as they were
         rest = [m.id for m in messages[handled:]]
         if rest:
-            summary.released += outbox.release(conn, rest, stop_reason)
-        # the batch's verdicts are committed before the next claim (and the throttle sees them)
-        recorder.flush()
+            summary.released += outbox.release(conn, rest, stop_reason, worker=worker)
+        if account.throttled:
+            # verdicts committed before the next claim, so the throttle counts from them
+            recorder.flush()
 
 
 def _count(summary: Summary, status: str, uncertain: bool) -> None:

@@ -54,14 +54,15 @@ RETURNING o.id, o.key, o.message_id, o.envelope_from,
     ARRAY(SELECT u.a FROM unnest(o.recipients) WITH ORDINALITY u(a, n)
           JOIN mail.outbox_recipients r ON r.outbox_id = o.id AND r.address = u.a
           WHERE r.status = 'pending' ORDER BY u.n),
-    o.mime, o.attempts, o.sent_uncertain, o.created_at,
+    o.mime, o.attempts, o.sent_uncertain, o.created_at, o.claimed_by,
     EXISTS (SELECT 1 FROM mail.outbox_recipients r
             WHERE r.outbox_id = o.id AND r.status = 'accepted')"""
 # Back to the queue untouched: the account could not connect, or the run's time is up.
 RELEASE = """
 UPDATE mail.outbox
-SET status = 'queued', claimed_by = NULL, claimed_at = NULL, last_error = %s
-WHERE id = ANY(%s) AND status = 'sending'"""
+SET status = 'queued', claimed_by = NULL, claimed_at = NULL, last_error = %(reason)s
+WHERE id = ANY(%(ids)s) AND status = 'sending'
+  AND (%(worker)s::text IS NULL OR claimed_by = %(worker)s)"""
 RECLAIM_STUCK = """
 UPDATE mail.outbox
 SET status = 'queued', claimed_by = NULL, claimed_at = NULL, sent_uncertain = true,
@@ -76,14 +77,17 @@ MARK_RECIPIENTS = """
 UPDATE mail.outbox_recipients r
 SET status = v.status, smtp_code = v.code, smtp_reply = v.reply
 FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) AS v(address, status, code, reply)
-WHERE r.outbox_id = %s AND r.address = v.address"""
+WHERE r.outbox_id = %s AND r.address = v.address
+  -- only while the message is still ours: a reclaimed message has a new owner
+  AND EXISTS (SELECT 1 FROM mail.outbox o
+              WHERE o.id = r.outbox_id AND o.status = 'sending' AND o.claimed_by = %s)"""
 MARK_SENT = """
 UPDATE mail.outbox
 SET status = 'sent', sent_at = coalesce(sent_at, clock_timestamp()), claimed_by = NULL,
     claimed_at = NULL, smtp_code = %(code)s, smtp_reply = %(reply)s, queue_id = %(queue_id)s,
     last_error = NULL,
     sent_copy = CASE WHEN %(copy)s AND sent_copy = 'none' THEN 'pending' ELSE sent_copy END
-WHERE id = %(id)s AND status = 'sending'"""
+WHERE id = %(id)s AND status = 'sending' AND claimed_by = %(worker)s"""
 MARK_DEFERRED = """
 UPDATE mail.outbox
 SET status = 'queued', claimed_by = NULL, claimed_at = NULL, attempts = attempts + 1,
@@ -93,13 +97,13 @@ SET status = 'queued', claimed_by = NULL, claimed_at = NULL, attempts = attempts
     smtp_code = %(code)s, smtp_reply = %(reply)s, last_error = %(error)s,
     sent_copy = CASE WHEN %(partial)s AND %(copy)s AND sent_copy = 'none' THEN 'pending'
                      ELSE sent_copy END
-WHERE id = %(id)s AND status = 'sending'"""
+WHERE id = %(id)s AND status = 'sending' AND claimed_by = %(worker)s"""
 MARK_FAILED = """
 UPDATE mail.outbox
 SET status = 'failed', claimed_by = NULL, claimed_at = NULL, attempts = attempts + %(tried)s,
     sent_uncertain = sent_uncertain OR %(uncertain)s,
     smtp_code = %(code)s, smtp_reply = %(reply)s, last_error = %(error)s
-WHERE id = %(id)s AND status = 'sending'"""
+WHERE id = %(id)s AND status = 'sending' AND claimed_by = %(worker)s"""
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class OutboxMessage:
     attempts: int
     sent_uncertain: bool
     created_at: datetime
+    claimed_by: str = ""
     accepted_before: bool = False  # some recipients took it on an earlier attempt
 
 
@@ -265,12 +270,13 @@ def claim(
     return Claim(messages, slots)
 
 
-def release(conn, ids: list[int], reason: str) -> int:
-    """Put claimed, unsent messages back in the queue as they were; returns how many."""
+def release(conn, ids: list[int], reason: str, *, worker: str | None = None) -> int:
+    """Put claimed, unsent messages back in the queue as they were (only those still
+    claimed by ``worker`` when given); returns how many."""
     if not ids:
         return 0
     with conn.cursor() as cur:
-        cur.execute(RELEASE, (reason, list(ids)))
+        cur.execute(RELEASE, {"reason": reason, "ids": list(ids), "worker": worker})
         count = cur.rowcount
     conn.commit()
     return count
@@ -320,11 +326,14 @@ def verdict(
         states.append(state)
         codes.append(code)
         replies.append(reply)
-    statements = [(MARK_RECIPIENTS, (names, states, codes, replies, message.id))]
+    statements = [
+        (MARK_RECIPIENTS, (names, states, codes, replies, message.id, message.claimed_by))
+    ]
     accepted = message.accepted_before or "accepted" in states
     copy = account.sent_folder is not None
     args = {
         "id": message.id,
+        "worker": message.claimed_by,
         "code": delivery.code,
         "reply": delivery.reply,
         "queue_id": delivery.queue_id,
@@ -354,7 +363,14 @@ def dropped(
 ) -> Marks:
     """The connection broke while sending: retry later. After the final dot the server may
     have accepted it, so the message is flagged ``sent_uncertain``."""
-    args = {"id": message.id, "code": None, "reply": None, "uncertain": after_dot, "copy": False}
+    args = {
+        "id": message.id,
+        "worker": message.claimed_by,
+        "code": None,
+        "reply": None,
+        "uncertain": after_dot,
+        "copy": False,
+    }
     status, statement = _defer(message, policy, args, error=reason, partial=False)
     return Marks(message.id, status, (statement, *_throttle(account)))
 
