@@ -22,6 +22,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+import psycopg2
 import psycopg2.extensions
 from email_validator import EmailNotValidError, validate_email
 from psycopg2.extras import Json, execute_values
@@ -31,7 +32,9 @@ from erpmail import archive, db
 PROGRESS_SECONDS = 5.0
 # Batches per run: mapped render + route tasks stay at 2 x this (the DAG has 4 more tasks).
 MAX_BATCHES = 20
-MIN_BATCH_SIZE = 50
+MIN_BATCH_SIZE = 200
+# Letters per routing transaction (each letter in its own savepoint).
+ROUTE_CHUNK = 100
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +304,7 @@ def render_batch(
     kind: DocumentKind,
     *,
     workers: int | None = None,
-    chunk_size: int = 50,
+    chunk_size: int | None = None,
 ) -> dict[str, int]:
     """Render the batch's ``generated`` letters in one pass and store each PDF.
 
@@ -336,6 +339,8 @@ def render_batch(
                 continue
             sources.append(pdf.LetterSource(str(letter_id), rendered.letter_html))
             meta[letter_id] = (number, rendered.language, rendered.fallback_from)
+        if chunk_size is None:  # enough chunks to keep every core busy, at most 50 letters each
+            chunk_size = max(10, min(50, math.ceil(len(sources) / (2 * (workers or pdf.cores())))))
         results = (
             pdf.render_many(sources, workers=workers, chunk_size=chunk_size) if sources else []
         )
@@ -371,14 +376,56 @@ def _domain(address: str) -> str:
     return address.rpartition("@")[2]
 
 
-def route_batch(run_id: int, batch: int, kind: DocumentKind) -> dict[str, int]:
+def _letter_message(
+    cur: psycopg2.extensions.cursor,
+    run: Run,
+    letter_id: int,
+    number: str,
+    pdf_path: str,
+    address: str,
+    context: Any,
+    senders: dict[str, Any],
+) -> tuple[str, int, bytes]:
+    """The letter's mail: (outbox key, account id, MIME bytes) with the archived PDF attached."""
+    from erpmail import accounts, mime, templates
+
+    if isinstance(context, Exception):
+        raise context
+    rendered = templates.default().render_letter(context)
+    sender = context.sender or context.company.email
+    if sender not in senders:
+        senders[sender] = accounts.select_account(cur, sender)
+    account = senders[sender]
+    key = f"{run.kind}:run-{run.id}:letter-{letter_id}"
+    message = mime.build_message(
+        sender=(context.sender_name or account.display_name, sender),
+        to=[address],
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        attachments=[
+            mime.Attachment(
+                filename=f"{rendered.subject.replace('/', '-')}.pdf", data=archive.read(pdf_path)
+            )
+        ],
+        inline_images=rendered.signature.images if rendered.signature else (),
+        message_id=mime.make_message_id(key, _domain(account.from_address)),
+        context=f"letter {letter_id} partner {number}",
+    )
+    return key, account.id, message.as_bytes()
+
+
+def route_batch(
+    run_id: int, batch: int, kind: DocumentKind, *, chunk_size: int = ROUTE_CHUNK
+) -> dict[str, int]:
     """Route the batch's ``archived`` letters: an outbox message with the PDF (``released``),
     queued in the same transaction as the status change, or ``paper`` with the reason.
 
     The outbox key is derived from run and letter, so a rerun queues nothing new. A letter
-    whose message cannot be built is ``failed`` alone. A dry run routes nothing.
+    whose message cannot be built is ``failed`` alone (its savepoint rolled back). A dry run
+    routes nothing.
     """
-    from erpmail import accounts, mime, outbox, templates
+    from erpmail import outbox
 
     counts: Counter[str] = Counter()
     conn = db.connect()
@@ -390,61 +437,56 @@ def route_batch(run_id: int, batch: int, kind: DocumentKind) -> dict[str, int]:
                 return {}
             cur.execute(TO_ROUTE, (run_id, batch))
             todo = cur.fetchall()
-            contexts = (
-                kind.contexts(cur, run, [letter_id for letter_id, *_ in todo]) if todo else {}
-            )
-        engine = templates.default()
         progress = Progress(f"run {run_id} batch {batch}: routed", len(todo))
-        for letter_id, pdf_path, number in todo:
-            try:
-                with db.transaction(conn) as cur:
-                    route = route_for(cur, kind, letter_id)
-                    if route.paper_reason:
-                        cur.execute(SET_PAPER, (route.paper_reason, route.address, letter_id))
-                        counts[f"paper_{route.paper_reason}"] += 1
-                    else:
-                        context = contexts.get(letter_id) or LookupError("no context")
-                        if isinstance(context, Exception):
-                            raise context
-                        rendered = engine.render_letter(context)
-                        sender = context.sender or context.company.email
-                        account = accounts.select_account(cur, sender)
-                        key = f"{run.kind}:run-{run.id}:letter-{letter_id}"
-                        message = mime.build_message(
-                            sender=(context.sender_name or account.display_name, sender),
-                            to=[route.address],
-                            subject=rendered.subject,
-                            text=rendered.text,
-                            html=rendered.html,
-                            attachments=[
-                                mime.Attachment(
-                                    filename=f"{rendered.subject.replace('/', '-')}.pdf",
-                                    data=archive.read(pdf_path),
-                                )
-                            ],
-                            inline_images=rendered.signature.images if rendered.signature else (),
-                            message_id=mime.make_message_id(key, _domain(account.from_address)),
-                            context=f"letter {letter_id} partner {number}",
+        senders: dict[str, Any] = {}
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            # one commit per chunk: each letter and its outbox row still commit together
+            with db.transaction(conn) as cur:
+                contexts = kind.contexts(cur, run, [letter_id for letter_id, *_ in chunk])
+                for letter_id, pdf_path, number in chunk:
+                    cur.execute("SAVEPOINT letter")
+                    try:
+                        route = route_for(cur, kind, letter_id)
+                        if route.paper_reason:
+                            cur.execute(SET_PAPER, (route.paper_reason, route.address, letter_id))
+                            counts[f"paper_{route.paper_reason}"] += 1
+                        else:
+                            context = contexts.get(letter_id) or LookupError("no letter context")
+                            key, account_id, message = _letter_message(
+                                cur,
+                                run,
+                                letter_id,
+                                number,
+                                pdf_path,
+                                route.address,
+                                context,
+                                senders,
+                            )
+                            outbox_id = outbox.enqueue(
+                                cur,
+                                key=key,
+                                account_id=account_id,
+                                recipients=[route.address],
+                                mime=message,
+                                source_type="letter",
+                                source_id=letter_id,
+                            )
+                            cur.execute(SET_RELEASED, (outbox_id, route.address, letter_id))
+                            cur.execute(FOLLOW_OUTBOX, (letter_id,))
+                            counts["released"] += 1
+                        cur.execute("RELEASE SAVEPOINT letter")
+                    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                        raise  # the connection is gone: the task fails and its retry resumes
+                    except Exception as exc:  # this letter fails alone
+                        error = (
+                            f"letter {letter_id} (partner {number}): {type(exc).__name__}: {exc}"
                         )
-                        outbox_id = outbox.enqueue(
-                            cur,
-                            key=key,
-                            account_id=account.id,
-                            recipients=[route.address],
-                            mime=message.as_bytes(),
-                            source_type="letter",
-                            source_id=letter_id,
-                        )
-                        cur.execute(SET_RELEASED, (outbox_id, route.address, letter_id))
-                        cur.execute(FOLLOW_OUTBOX, (letter_id,))
-                        counts["released"] += 1
-            except Exception as exc:  # this letter fails alone; its transaction rolled back
-                error = f"letter {letter_id} (partner {number}): {type(exc).__name__}: {exc}"
-                log.warning("failed: %s", error)
-                with db.transaction(conn) as cur:
-                    cur.execute(SET_FAILED, (error, letter_id))
-                counts["failed"] += 1
-            progress.add()
+                        log.warning("failed: %s", error)
+                        cur.execute("ROLLBACK TO SAVEPOINT letter")
+                        cur.execute(SET_FAILED, (error, letter_id))
+                        counts["failed"] += 1
+                    progress.add()
     finally:
         conn.close()
     log.info("run %s batch %s routed: %s", run_id, batch, dict(counts) or "nothing to route")
