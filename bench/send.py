@@ -112,8 +112,8 @@ def bare_loop(port: int, messages) -> float:
     return time.perf_counter() - start
 
 
-def dispatcher_run(url: str, account, messages) -> tuple[float, int]:
-    """Seconds for the dispatcher to send the queued messages; and how many it sent."""
+def dispatcher_run(url: str, account, messages) -> tuple[float, int, float]:
+    """Seconds for the dispatcher to send the queued messages, how many it sent, CPU seconds."""
     from erpmail import db, dispatch, outbox
 
     conn = db.connect(url)
@@ -128,9 +128,9 @@ def dispatcher_run(url: str, account, messages) -> tuple[float, int]:
                 source_type="manual",
             )
     conn.close()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     summary = dispatch.dispatch(budget_seconds=900, url=url, progress_every=10.0)
-    return time.perf_counter() - start, summary.sent
+    return time.perf_counter() - start, summary.sent, time.process_time() - cpu
 
 
 def main() -> None:
@@ -172,16 +172,18 @@ def main() -> None:
         for r in range(args.rounds):
             msgs = _messages(args.messages, f"r{r}", pdf)
             size = sum(len(m) for _, _, m in msgs) / len(msgs)
-            before = counter.value
+            before, cpu = counter.value, time.process_time()
             bare.append(bare_loop(port, msgs))
+            bare_cpu = (time.process_time() - cpu) / args.messages * 1000
             assert counter.value - before == args.messages, "sink missed messages (bare)"
             before = counter.value
-            seconds, sent = dispatcher_run(url, account, msgs)
+            seconds, sent, disp_cpu = dispatcher_run(url, account, msgs)
             assert sent == args.messages and counter.value - before == args.messages
             disp.append(seconds)
             print(
                 f"round {r + 1}: bare smtplib {args.messages / bare[-1]:7.1f} msg/s, "
-                f"dispatcher {args.messages / disp[-1]:7.1f} msg/s"
+                f"dispatcher {args.messages / disp[-1]:7.1f} msg/s; client CPU per message: "
+                f"bare {bare_cpu:.2f} ms, dispatcher {disp_cpu / args.messages * 1000:.2f} ms"
             )
         bare_rate, disp_rate = args.messages / min(bare), args.messages / min(disp)
         print(

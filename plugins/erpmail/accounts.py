@@ -115,7 +115,8 @@ def warn_if_fast(account: Account) -> bool:
     """Log a warning when the account sends more often than once a minute; True if so."""
     if 0 <= account.send_interval_seconds < SAFE_INTERVAL_SECONDS:
         log.warning(
-            "account %r sends every %d s, under %d s: mail providers may treat it as spam",
+            "account %r sends every %d s (0: no throttle), under %d s: mail providers may "
+            "treat it as spam; only a relay of your own should go that fast",
             account.name,
             account.send_interval_seconds,
             SAFE_INTERVAL_SECONDS,
