@@ -32,3 +32,30 @@ def test_keys_that_leave_the_root_are_refused(key):
 )
 def test_safe_part_leaves_no_separator_or_dots(raw, safe):
     assert archive.safe_part(raw) == safe
+
+
+def test_store_stream_writes_slices_atomically_and_leaves_no_temp(_store):
+    key = archive.store_stream("mail/2024/03/1-abc.eml", iter([b"From: a\r\n", b"\r\nbody"]))
+    assert archive.read(key) == b"From: a\r\n\r\nbody"
+    archive.sync([key])  # durable; nothing else visible changes
+    assert [p.name for p in (_store / "mail/2024/03").iterdir()] == ["1-abc.eml"]
+
+
+def test_failed_stream_leaves_neither_file_nor_temp(_store):
+    def broken():
+        yield b"part"
+        raise OSError("source gone")
+
+    with pytest.raises(OSError, match="source gone"):
+        archive.store_stream("mail/x.eml", broken())
+    assert list((_store / "mail").iterdir()) == []
+
+
+def test_root_follows_the_environment(_store, monkeypatch, tmp_path):
+    archive.store("a.pdf", b"1")
+    monkeypatch.setenv("ERPMAIL_ARCHIVE_URL", f"file://{tmp_path}/other")
+    archive.store("a.pdf", b"2")
+    assert (_store / "a.pdf").read_bytes() == b"1"
+    assert (tmp_path / "other" / "a.pdf").read_bytes() == b"2"
+    assert archive.local_root() == tmp_path / "other"
+    assert str(archive.root()).endswith("other")

@@ -3,13 +3,20 @@
 The root is ``ERPMAIL_ARCHIVE_URL`` (any fsspec URL, e.g. ``s3://bucket/erpmail``, with an
 Airflow connection id in ``ERPMAIL_ARCHIVE_CONN_ID``), else ``var/archive``. Callers keep
 the *relative* key on their rows, so the store can move without rewriting the database.
+A local (``file://``) store is written with plain ``open``/``os.replace``: building an
+ObjectStoragePath per file costs about a millisecond, the write itself a few microseconds.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import uuid
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from airflow.sdk import ObjectStoragePath
 
@@ -18,10 +25,28 @@ from erpmail.db import VAR_DIR
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def root() -> ObjectStoragePath:
-    """The store's root path."""
+def _settings() -> tuple[str, str | None]:
     url = os.environ.get("ERPMAIL_ARCHIVE_URL") or f"file://{VAR_DIR / 'archive'}"
-    return ObjectStoragePath(url, conn_id=os.environ.get("ERPMAIL_ARCHIVE_CONN_ID"))
+    return url, os.environ.get("ERPMAIL_ARCHIVE_CONN_ID")
+
+
+@lru_cache(maxsize=8)
+def _root(url: str, conn_id: str | None) -> ObjectStoragePath:
+    return ObjectStoragePath(url, conn_id=conn_id)
+
+
+def root() -> ObjectStoragePath:
+    """The store's root path (resolved once per URL and connection)."""
+    return _root(*_settings())
+
+
+def local_root() -> Path | None:
+    """The root as a local directory when the store is a ``file://`` URL, else None."""
+    url, _ = _settings()
+    parts = urlsplit(url)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        return None
+    return Path(unquote(parts.path))
 
 
 def safe_part(text: str, max_len: int = 80) -> str:
@@ -30,22 +55,94 @@ def safe_part(text: str, max_len: int = 80) -> str:
     return part or "_"
 
 
-def path_of(key: str) -> ObjectStoragePath:
-    """The stored object for a key; refuses keys that would leave the root."""
+def _parts(key: str) -> list[str]:
     parts = key.split("/")
     if not key or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"archive key {key!r} is not a plain relative path")
-    return root().joinpath(*parts)
+    return parts
+
+
+def path_of(key: str) -> ObjectStoragePath:
+    """The stored object for a key; refuses keys that would leave the root."""
+    return root().joinpath(*_parts(key))
 
 
 def store(key: str, data: bytes) -> str:
     """Write ``data`` under ``key`` atomically (temp name, then rename where the store can); return the key."""
-    target = path_of(key)
+    return store_stream(key, (data,))
+
+
+def store_stream(key: str, chunks: Iterable[bytes]) -> str:
+    """Write the slices under ``key`` atomically, like :func:`store`; return the key.
+
+    Nothing is flushed to disk here: a caller whose next step depends on the bytes
+    surviving a power loss calls :func:`sync` once for everything it wrote.
+    """
+    parts = _parts(key)
+    local = local_root()
+    if local is not None:
+        target = local.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return key
+    target = root().joinpath(*parts)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    tmp.write_bytes(data)
+    with tmp.open("wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
     tmp.rename(target)
     return key
+
+
+def sync(keys: Iterable[str]) -> None:
+    """Make what was stored under ``keys`` durable (local store; object stores are already).
+
+    One ``syncfs`` of the store's file system where Linux offers it (one call, ~tens of ms,
+    however many files), else an ``fsync`` per file and directory.
+    """
+    local = local_root()
+    keys = list(keys)
+    if local is None or not keys:
+        return
+    if _syncfs(local):
+        return
+    dirs = set()
+    for key in keys:
+        target = local.joinpath(*_parts(key))
+        dirs.add(target.parent)
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in dirs:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _syncfs(folder: Path) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        return call(fd) == 0
+    finally:
+        os.close(fd)
 
 
 def read(key: str) -> bytes:
