@@ -24,12 +24,15 @@ from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesFeedParser
+from email.utils import parsedate_to_datetime
 from typing import BinaryIO
 
 FEED_CHUNK = 64 * 1024
 DECODE_CHUNK = 1024 * 1024
 MAX_DEPTH = 100  # MIME nesting beyond this is kept in the raw .eml only
 MAX_HEADER_CHARS = 64 * 1024  # a longer header is not run through the header parser
+SHARED_HEADER_CHARS = 300  # header objects of values up to this long are shared across mails
+SHARED_HEADER_ENTRIES = 4096
 MAX_SUBJECT_CHARS = 2000
 MAX_BODY_CHARS = 1_000_000  # the full body stays in the .eml; the row holds a searchable part
 MAX_FILENAME_CHARS = 120
@@ -56,14 +59,30 @@ _UNSAFE_NAME = re.compile(r'[<>:"|?*]')
 _DOTS = re.compile(r"\.{2,}")
 _PATHLIKE = re.compile(r"[/\\]|\.\.|[\x00-\x1f\x7f]")
 _ENCODED_WORD = re.compile(r"=\?([^?*\s]{1,60})(?:\*[^?]*)?\?[bBqQ]\?")
+# Shapes for which policy.default's header parser provably returns the text as it stands and
+# no defect (checked against the parser in tests/test_mailparse.py); everything else, and all
+# the odd mail, takes the full parser. The full parser costs 70-300 us per header.
+_LINESEP = re.compile(r"\r|\n")
+_PLAIN_TEXT = re.compile(r"[ -~]*")  # printable ASCII; "=?" (encoded words) checked apart
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_PLAIN_MSGID = re.compile(rf"<{_DOT_ATOM}@{_DOT_ATOM}>")
+_PLAIN_MAILBOX = re.compile(
+    rf" ?(?:(?P<name>{_ATEXT}(?: {_ATEXT})*) <(?P<angle>{_DOT_ATOM}@{_DOT_ATOM})>"
+    rf"|(?P<bare>{_DOT_ATOM}@{_DOT_ATOM}))"
+)
+# Header names policy.default parses as unstructured text.
+_UNSTRUCTURED = frozenset(("subject", *AUTOMATION_HEADERS))
 
 
 class _Policy(policy.EmailPolicy):
-    """``policy.default``, with each header parsed once per message instead of on every read.
+    """``policy.default``, with each header parsed once instead of on every read.
 
     The stdlib builds a new header object on each access (``get_content_type()`` alone reads
-    Content-Type several times per part); header objects are immutable, so a per-parse
-    cache keyed by name and raw value changes nothing but the time spent.
+    Content-Type several times per part). Header objects are immutable and depend only on
+    the name and the raw value, so they are cached: short values (Content-Type, To, From,
+    MIME-Version: the same few strings in mail after mail) for the whole process, bounded;
+    longer ones for the one parse.
     """
 
     cache: dict | None = None
@@ -71,15 +90,26 @@ class _Policy(policy.EmailPolicy):
     def header_fetch_parse(self, name, value):
         if hasattr(value, "name") or self.cache is None or len(value) > MAX_HEADER_CHARS:
             return super().header_fetch_parse(name, value)
-        key = (name.lower(), value)
-        found = self.cache.get(key)
+        key = (name, value)
+        shared = len(value) <= SHARED_HEADER_CHARS
+        found = (_SHARED_HEADERS if shared else self.cache).get(key)
         if found is None:
-            found = self.cache[key] = super().header_fetch_parse(name, value)
+            found = super().header_fetch_parse(name, value)
+            if shared:
+                if len(_SHARED_HEADERS) >= SHARED_HEADER_ENTRIES:
+                    _SHARED_HEADERS.clear()  # crude but bounded; refills with the common ones
+                _SHARED_HEADERS[key] = found
+            else:
+                self.cache[key] = found
         return found
 
 
+# (name, raw value) -> header object, for every parse in this process
+_SHARED_HEADERS: dict[tuple[str, str], object] = {}
+
+
 def _policy() -> _Policy:
-    # one cache per parsed mail: it lives as long as the message object, no longer
+    # one cache per parsed mail for the long values: it lives as long as the message object
     return _Policy(cache={})
 
 
@@ -318,6 +348,11 @@ def _header_str(msg: Message, name: str, defects: list[str]) -> str | None:
         return None
     if len(raw) >= MAX_HEADER_CHARS:
         return raw
+    plain = _plain_value(raw)
+    if plain is not None and (
+        name in _UNSTRUCTURED or (name == "message-id" and _PLAIN_MSGID.fullmatch(plain))
+    ):
+        return plain
     try:
         value = msg[name]
         for defect in getattr(value, "defects", ()):
@@ -346,6 +381,9 @@ def _address_objects(msg: Message, name: str, defects: list[str]) -> list[tuple[
     raw = _raw_header(msg, name)
     if raw is None or len(raw) >= MAX_HEADER_CHARS:
         return []
+    plain = _plain_addresses(raw)
+    if plain is not None:
+        return plain
     try:
         header = msg[name]
         for defect in header.defects:
@@ -358,11 +396,35 @@ def _address_objects(msg: Message, name: str, defects: list[str]) -> list[tuple[
         return [(n, a) for n, a in getaddresses([raw]) if a]
 
 
+def _plain_value(raw: str) -> str | None:
+    """The unfolded value when it is printable ASCII without encoded words, else None."""
+    value = _LINESEP.sub("", raw)
+    if "=?" in value or not _PLAIN_TEXT.fullmatch(value):
+        return None
+    return value
+
+
+def _plain_addresses(raw: str) -> list[tuple[str, str]] | None:
+    """``(display name, address)`` for a list of plain mailboxes (atoms, dot-atoms), else None."""
+    value = _plain_value(raw)
+    if value is None:
+        return None
+    found = []
+    for item in value.split(","):
+        match = _PLAIN_MAILBOX.fullmatch(item)
+        if match is None:
+            return None
+        found.append((match["name"] or "", match["angle"] or match["bare"]))
+    return found
+
+
 def _date(msg: Message, defects: list[str]) -> datetime | None:
-    if _raw_header(msg, "date") is None:
+    raw = _raw_header(msg, "date")
+    if raw is None:
         return None
     try:
-        value = msg["date"].datetime
+        # exactly what DateHeader does with the unfolded value, without its parse tree
+        value = parsedate_to_datetime(_LINESEP.sub("", raw)) if raw.strip() else None
     except Exception:
         defects.append("InvalidDateDefect")
         return None
