@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from psycopg2.extras import execute_values
@@ -23,13 +23,13 @@ _PLAIN_NUMBER = r"([A-Za-z]{0,4}\d+)(?![A-Za-z0-9])"
 _SEPARATOR = r"[\s.:#=-]{0,3}"
 
 REPLIED_OUTBOX = """
-SELECT o.source_type, o.source_id, l.id, l.partner_id
+SELECT o.message_id, o.source_type, o.source_id, l.id, l.partner_id
 FROM mail.outbox o
 LEFT JOIN erp.letters l
        ON l.outbox_id = o.id OR (o.source_type = 'letter' AND l.id = o.source_id)
 WHERE o.message_id = ANY(%s)"""
 REPLIED_CASES = """
-SELECT DISTINCT ml.entity_id
+SELECT DISTINCT m.message_id, ml.entity_id
 FROM mail.messages m
 JOIN mail.message_links ml ON ml.message_id = m.id AND ml.entity_type = 'case'
 WHERE m.message_id = ANY(%s)"""
@@ -45,9 +45,14 @@ WHERE number = %(number)s
 LIMIT 2"""
 CONTACT_BY_ID = "SELECT id, partner_id FROM erp.contacts WHERE id = %s"
 SENDER_MATCHES = """
-SELECT 'partner', id, NULL::bigint FROM erp.partners WHERE lower(email) = lower(%(addr)s)
+SELECT lower(email), 0, 'partner', id, NULL::bigint FROM erp.partners
+WHERE lower(email) = ANY(%(addrs)s)
 UNION ALL
-SELECT 'contact', id, partner_id FROM erp.contacts WHERE lower(email) = lower(%(addr)s)"""
+SELECT lower(email), 1, 'contact', id, partner_id FROM erp.contacts
+WHERE lower(email) = ANY(%(addrs)s)"""
+PARTNERS_BY_NUMBERS = "SELECT number, id FROM erp.partners WHERE number = ANY(%s) ORDER BY id"
+CASES_BY_NUMBERS = "SELECT upper(number), id FROM erp.cases WHERE upper(number) = ANY(%s)"
+LETTERS_BY_IDS = "SELECT id, partner_id FROM erp.letters WHERE id = ANY(%s)"
 INSERT_LINKS = """
 INSERT INTO mail.message_links (message_id, entity_type, entity_id, method) VALUES %s
 ON CONFLICT DO NOTHING"""
@@ -120,6 +125,16 @@ def resolve(cur, entity_type: str, parts: tuple[str, ...]) -> list[tuple[str, in
     return []
 
 
+@dataclass(frozen=True)
+class LinkQuery:
+    """What the rules look at in one mail."""
+
+    subject: str
+    from_address: str | None
+    in_reply_to: str | None
+    references: Sequence[str]
+
+
 def find_links(
     cur,
     *,
@@ -130,43 +145,130 @@ def find_links(
     keywords: Mapping[str, str],
 ) -> list[Link]:
     """Every link the rules find for one mail, first rule first, without repeats."""
-    links: dict[tuple[str, int], Link] = {}
+    query = LinkQuery(subject, from_address, in_reply_to, list(references))
+    return find_links_many(cur, [query], keywords)[0]
 
+
+def find_links_many(
+    cur, mails: Sequence[LinkQuery], keywords: Mapping[str, str]
+) -> list[list[Link]]:
+    """:func:`find_links` for many mails, with a handful of queries for all of them."""
+    threads = [
+        list(dict.fromkeys([*([m.in_reply_to] if m.in_reply_to else []), *m.references]))
+        for m in mails
+    ]
+    replied: dict[str, list[tuple[str, int]]] = {}
+    all_ids = sorted({i for thread in threads for i in thread})
+    if all_ids:
+        cur.execute(REPLIED_OUTBOX, (all_ids,))
+        for message_id, source_type, source_id, letter_id, partner_id in cur.fetchall():
+            found = replied.setdefault(message_id, [])
+            if letter_id is not None:
+                found.append(("letter", letter_id))
+                if partner_id is not None:
+                    found.append(("partner", partner_id))
+            elif source_type == "autoreply" and source_id is not None:
+                found.append(("case", source_id))
+        cur.execute(REPLIED_CASES, (all_ids,))
+        cases: dict[str, list[int]] = {}
+        for message_id, case_id in cur.fetchall():
+            cases.setdefault(message_id, []).append(case_id)
+    matches = [keyword_matches(m.subject, keywords) for m in mails]
+    tickets = [ticket_numbers(m.subject) for m in mails]
+    numbers = _resolve_many(
+        cur,
+        {key for found in matches for key in found}
+        | {("case", (number,)) for found in tickets for number in found},
+    )
+    senders: dict[str, list[tuple[int, str, int, int | None]]] = {}
+    addrs = sorted({m.from_address.lower() for m in mails if m.from_address})
+    if addrs:
+        cur.execute(SENDER_MATCHES, {"addrs": addrs})
+        for addr, order, entity_type, entity_id, partner_id in cur.fetchall():
+            senders.setdefault(addr, []).append((order, entity_type, entity_id, partner_id))
+    out = []
+    for mail, thread, found, ticket_list in zip(mails, threads, matches, tickets, strict=True):
+        links: dict[tuple[str, int], Link] = {}
+        add = _adder(links)
+        for message_id in thread:
+            for entity_type, entity_id in replied.get(message_id, ()):
+                add(entity_type, entity_id, "reply")
+        for message_id in thread:
+            for case_id in cases.get(message_id, ()):
+                add("case", case_id, "reply")
+        for key in found:
+            for entity_type, entity_id in numbers[key]:
+                add(entity_type, entity_id, "keyword")
+        for number in ticket_list:
+            for _, case_id in numbers[("case", (number,))]:
+                add("case", case_id, "ticket")
+        if mail.from_address:
+            for _, entity_type, entity_id, partner_id in sorted(
+                senders.get(mail.from_address.lower(), ()), key=lambda row: row[0]
+            ):
+                add(entity_type, entity_id, "sender")
+                add("partner", partner_id, "sender")
+        out.append(list(links.values()))
+    return out
+
+
+def _adder(links: dict[tuple[str, int], Link]):
     def add(entity_type: str, entity_id: int | None, method: str) -> None:
-        if entity_id is not None:
+        if entity_id is not None:  # the first rule that finds an entity names the method
             links.setdefault((entity_type, entity_id), Link(entity_type, entity_id, method))
 
-    thread = list(dict.fromkeys([*([in_reply_to] if in_reply_to else []), *references]))
-    if thread:
-        cur.execute(REPLIED_OUTBOX, (thread,))
-        for source_type, source_id, letter_id, partner_id in cur.fetchall():
-            if letter_id is not None:
-                add("letter", letter_id, "reply")
-                add("partner", partner_id, "reply")
-            elif source_type == "autoreply" and source_id is not None:
-                add("case", source_id, "reply")
-        cur.execute(REPLIED_CASES, (thread,))
-        for (case_id,) in cur.fetchall():
-            add("case", case_id, "reply")
-    for entity_type, parts in keyword_matches(subject, keywords):
-        for found_type, entity_id in resolve(cur, entity_type, parts):
-            add(found_type, entity_id, "keyword")
-    for number in ticket_numbers(subject):
-        for _, case_id in resolve(cur, "case", (number,)):
-            add("case", case_id, "ticket")
-    if from_address:
-        cur.execute(SENDER_MATCHES, {"addr": from_address})
-        for entity_type, entity_id, partner_id in cur.fetchall():
-            add(entity_type, entity_id, "sender")
-            add("partner", partner_id, "sender")
-    return list(links.values())
+    return add
+
+
+def _resolve_many(
+    cur, wanted: set[tuple[str, tuple[str, ...]]]
+) -> dict[tuple[str, tuple[str, ...]], list[tuple[str, int]]]:
+    """:func:`resolve` for many numbers: one query per entity type (projects one by one)."""
+    out: dict[tuple[str, tuple[str, ...]], list[tuple[str, int]]] = {k: [] for k in wanted}
+    by_type: dict[str, list[str]] = {}
+    for entity_type, parts in wanted:
+        if entity_type in ("partner", "case", "letter"):
+            by_type.setdefault(entity_type, []).append(parts[0])
+        else:
+            out[(entity_type, parts)] = resolve(cur, entity_type, parts)
+    if by_type.get("partner"):
+        cur.execute(PARTNERS_BY_NUMBERS, (sorted(set(by_type["partner"])),))
+        for number, entity_id in cur.fetchall():
+            out[("partner", (number,))].append(("partner", entity_id))
+    if by_type.get("case"):
+        upper = {n: n.upper() for n in by_type["case"]}
+        cur.execute(CASES_BY_NUMBERS, (sorted(set(upper.values())),))
+        found: dict[str, list[int]] = {}
+        for number, entity_id in cur.fetchall():
+            found.setdefault(number, []).append(entity_id)
+        for number, key in upper.items():
+            out[("case", (number,))] = [("case", i) for i in found.get(key, ())]
+    if by_type.get("letter"):
+        typed = {n: int(n) for n in by_type["letter"] if n.isdigit()}
+        if typed:
+            cur.execute(LETTERS_BY_IDS, (sorted(set(typed.values())),))
+            letters = {row[0]: row[1] for row in cur.fetchall()}
+            for number, letter_id in typed.items():
+                if letter_id in letters:
+                    found_letter = [("letter", letter_id), ("partner", letters[letter_id])]
+                    out[("letter", (number,))] = found_letter
+    return out
 
 
 def store_links(cur, message_row_id: int, links: Iterable[Link]) -> int:
     """Insert the links of one stored mail (existing ones kept); returns how many were given."""
-    rows = [(message_row_id, link.entity_type, link.entity_id, link.method) for link in links]
+    return store_links_many(cur, [(message_row_id, links)])
+
+
+def store_links_many(cur, mails: Iterable[tuple[int, Iterable[Link]]]) -> int:
+    """Insert the links of many stored mails in one statement; returns how many were given."""
+    rows = [
+        (mail_id, link.entity_type, link.entity_id, link.method)
+        for mail_id, links in mails
+        for link in links
+    ]
     if rows:
-        execute_values(cur, INSERT_LINKS, rows)
+        execute_values(cur, INSERT_LINKS, rows, page_size=1000)
     return len(rows)
 
 
