@@ -14,15 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import pendulum
 import psycopg2.extensions
 from imapclient import DELETED, SEEN
+from psycopg2.extras import execute_values
 
 from erpmail import archive, db, linking, mailparse, tickets
 from erpmail.imap import ImapHook
@@ -35,6 +38,11 @@ META_CHUNK = 500
 FETCH_CHUNK = 100
 FETCH_CHUNK_BYTES = 16 * 1024 * 1024
 PARSE_FROM_STORE_BYTES = 4 * 1024 * 1024  # above this, drop the fetched copy and re-read the file
+# Mails up to this size are parsed in worker processes (raw bytes out, a small record back);
+# larger ones stay in this process, parsed from the stored file, to keep memory bounded.
+POOL_MAIL_BYTES = PARSE_FROM_STORE_BYTES
+POOL_MIN_MAILS = 300  # below this many candidates, forking the workers costs more than it saves
+POOL_WORKERS = max(1, min(4, os.cpu_count() or 1))
 PROGRESS_SECONDS = 5.0
 MSGID_HEADER = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
 MSGID_KEY = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"
@@ -78,6 +86,23 @@ VALUES ('in', %(location_id)s, %(folder)s, %(uid)s, %(uidvalidity)s, %(message_i
     %(body_text)s, %(body_html)s, %(defects)s, %(status)s)
 ON CONFLICT DO NOTHING
 RETURNING id"""
+INSERT_MESSAGES = """
+INSERT INTO mail.messages (direction, location_id, folder, uid, uidvalidity, message_id, sha256,
+    eml_path, size_bytes, subject, from_address, from_name, to_addresses, cc_addresses,
+    sent_date, in_reply_to, refs, body_text, body_html, defects, status)
+VALUES %s
+ON CONFLICT DO NOTHING
+RETURNING id, eml_path"""
+INSERT_MESSAGES_ROW = (
+    "('in', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s, %s,"
+    " %s::text[], %s, %s, %s::text[], %s)"
+)
+KNOWN_SHAS = """
+SELECT sha256 FROM mail.messages WHERE location_id = %s AND message_id IS NULL AND sha256 = ANY(%s)"""
+INSERT_ATTACHMENTS = """
+INSERT INTO mail.attachments (message_id, filename, content_type, size_bytes, sha256, path)
+VALUES %s"""
+ATTACHMENT_PATH_IN_USE = "SELECT 1 FROM mail.attachments WHERE path = %s LIMIT 1"
 SET_STATUS = "UPDATE mail.messages SET status = %s, defects = %s WHERE id = %s"
 INSERT_ATTACHMENT = """
 INSERT INTO mail.attachments (message_id, filename, content_type, size_bytes, sha256, path)
@@ -201,17 +226,6 @@ def eml_key(location: Location, sha256: str, received: datetime | None) -> str:
     return "/".join([*parts, f"{when:%Y}", f"{when:%m}", f"{location.id}-{sha256}.eml"])
 
 
-def _store_stream(key: str, chunks: Iterator[bytes]) -> None:
-    """Write slices under ``key`` (temp name, then rename), like ``archive.store`` for bytes."""
-    target = archive.path_of(key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    with tmp.open("wb") as out:
-        for chunk in chunks:
-            out.write(chunk)
-    tmp.rename(target)
-
-
 def _header_block(raw: bytes) -> bytes:
     end = raw.find(b"\r\n\r\n")
     if end < 0:
@@ -242,6 +256,7 @@ def _import_one(
     received: datetime | None,
     day: date,
     checked: bool,
+    keys: list[str] | None = None,
 ) -> Stored:
     # ``checked``: the caller already knows no mail with this Message-ID is stored.
     # The raw bytes come in a box so that, for a large mail, the only reference can be
@@ -276,6 +291,8 @@ def _import_one(
         raise
     if not stored.new:
         _forget(cur, written)
+    elif keys is not None:
+        keys.extend(written)
     return stored
 
 
@@ -283,13 +300,13 @@ def _forget(cur, keys: list[str]) -> None:
     """Remove files this attempt wrote and no stored mail refers to."""
     for key in keys:
         try:
-            if key.endswith(".eml"):
-                cur.execute("SAVEPOINT forget")
-                cur.execute(KEY_IN_USE, (key,))
-                in_use = cur.fetchone() is not None
-                cur.execute("RELEASE SAVEPOINT forget")
-                if in_use:
-                    continue
+            # an identical mail stored before has the same keys: its files stay
+            cur.execute("SAVEPOINT forget")
+            cur.execute(KEY_IN_USE if key.endswith(".eml") else ATTACHMENT_PATH_IN_USE, (key,))
+            in_use = cur.fetchone() is not None
+            cur.execute("RELEASE SAVEPOINT forget")
+            if in_use:
+                continue
             archive.delete(key)
         except Exception:  # the transaction is aborted or the store is gone: leave the orphan
             log.warning("could not remove %s after a failed import", key)
@@ -406,7 +423,7 @@ def _attachments(
         if location.store_attachments:
             path = f"{folder}/{att.filename}"
             written.append(path)
-            _store_stream(path, att.chunks())
+            archive.store_stream(path, att.chunks())
         else:
             att.consume()  # size and hash only
         cur.execute(
@@ -415,7 +432,83 @@ def _attachments(
         )
 
 
-# --- the IMAP side ---------------------------------------------------------------------------
+# --- the pipeline: IMAP thread, parsing workers, one chunk per transaction ------------------
+
+
+@dataclass
+class _Decoded:
+    """An attachment decoded in a worker; its bytes travel back with the record."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    size: int
+    sha256: str
+
+    def chunks(self) -> Iterator[bytes]:
+        yield self.data
+
+    def consume(self) -> None:
+        pass
+
+
+@dataclass
+class _Prepared:
+    """A fetched mail after hashing and parsing: what the database and the store need."""
+
+    uid: int
+    received: datetime | None
+    raw: bytes
+    sha: str
+    parsed: mailparse.ParsedMail
+
+
+def _prepare(uid: int, received: datetime | None, raw: bytes, keep_attachments: bool) -> _Prepared:
+    """Hash and parse one mail, attachments decoded (in a worker process, or here)."""
+    parsed = mailparse.parse(raw)
+    decoded = []
+    for att in parsed.attachments:
+        data = b"".join(att.chunks()) if keep_attachments else b""
+        if not keep_attachments:
+            att.consume()
+        decoded.append(_Decoded(att.filename, att.content_type, data, att.size, att.sha256))
+    parsed.attachments = decoded
+    # the raw bytes are the caller's already: do not send them back through the pipe
+    return _Prepared(uid, received, b"", hashlib.sha256(raw).hexdigest(), parsed)
+
+
+def _start_pool(mails: int) -> Executor | None:
+    """Worker processes for parsing, or None when there is too little to parse."""
+    if mails < POOL_MIN_MAILS or POOL_WORKERS < 2:
+        return None
+    try:
+        # fork: the workers inherit the loaded modules; they start here, before this run
+        # starts its IMAP thread, so no lock can be copied held
+        pool = ProcessPoolExecutor(POOL_WORKERS, mp_context=multiprocessing.get_context("fork"))
+        pool.submit(int).result()
+    except Exception:  # e.g. inside a daemonic worker that may not have children
+        log.warning("no worker processes for parsing; parsing in this process", exc_info=True)
+        return None
+    return pool
+
+
+def _prepare_all(
+    pool: Executor | None, mails: list[tuple[_Candidate, bytes]], keep: bool
+) -> list[_Prepared]:
+    args = [(c.uid, c.internal_date, raw, keep) for c, raw in mails]
+    prepared = None
+    if pool is not None:
+        try:
+            prepared = list(
+                pool.map(_prepare, *zip(*args, strict=True), chunksize=max(1, len(args) // 8))
+            )
+        except Exception:  # a worker died: this chunk is parsed here instead
+            log.warning("parsing workers failed; parsing this chunk in process", exc_info=True)
+    if prepared is None:
+        prepared = [_prepare(*a) for a in args]
+    for item, (_, raw) in zip(prepared, mails, strict=True):
+        item.raw = raw
+    return prepared
 
 
 @dataclass
@@ -423,7 +516,7 @@ class _Candidate:
     uid: int
     size: int
     internal_date: datetime | None
-    message_id: str | None
+    message_id: str | None  # only when fetched ahead (rescans), else None
 
 
 def _lock(conn, location_id: int, wait: bool) -> bool:
@@ -447,10 +540,14 @@ def _search(client, last_uid: int, since: datetime | None, until: datetime | Non
     return sorted(client.search(["SINCE", start, "BEFORE", end]))
 
 
-def _candidates(client, cur, location: Location, uids: list[int]) -> Iterator[_Candidate]:
+def _candidates(client, uids: list[int], with_message_ids: bool) -> Iterator[_Candidate]:
+    # The Message-ID ahead costs Dovecot a header read per mail; it pays off only on a
+    # rescan (backfill, UIDVALIDITY change), where most mails are stored already. New mail
+    # above the watermark is deduplicated after its fetch.
+    items = ["RFC822.SIZE", "INTERNALDATE"] + ([MSGID_HEADER] if with_message_ids else [])
     for start in range(0, len(uids), META_CHUNK):
         chunk = uids[start : start + META_CHUNK]
-        meta = client.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE", MSGID_HEADER])
+        meta = client.fetch(chunk, items)
         for uid in chunk:
             item = meta.get(uid)
             if item is None:  # expunged meanwhile
@@ -462,8 +559,141 @@ def _candidates(client, cur, location: Location, uids: list[int]) -> Iterator[_C
                 uid,
                 int(item.get(b"RFC822.SIZE") or 0),
                 internal,
-                mailparse.message_id_from_header_block(item.get(MSGID_KEY) or b""),
+                mailparse.message_id_from_header_block(item.get(MSGID_KEY) or b"")
+                if with_message_ids
+                else None,
             )
+
+
+def _known_message_ids(conn, location: Location, candidates: list[_Candidate]) -> set[str]:
+    ids = [c.message_id for c in candidates if c.message_id]
+    known: set[str] = set()
+    with db.transaction(conn) as cur:
+        for start in range(0, len(ids), META_CHUNK):
+            cur.execute(KNOWN_MESSAGE_IDS, (location.id, ids[start : start + META_CHUNK]))
+            known.update(row[0] for row in cur.fetchall())
+    return known
+
+
+def _fetch(client, uids: list[int]) -> dict:
+    return client.fetch(uids, ["BODY.PEEK[]"]) if uids else {}
+
+
+def _store_chunk(
+    cur, location: Location, uidvalidity: int, mails: list[_Prepared], keys: list[str]
+) -> tuple[list[int], list[tuple[int, str, int]], int]:
+    """Store parsed mails with a few statements; returns (UIDs done, (row id, status, bytes)
+    of the new ones, duplicates). All or nothing: the caller falls back to one by one."""
+    ids = [m.parsed.message_id for m in mails if m.parsed.message_id]
+    shas = [m.sha for m in mails if not m.parsed.message_id]
+    known: set[str] = set()
+    if ids:
+        cur.execute(KNOWN_MESSAGE_IDS, (location.id, ids))
+        known.update(row[0] for row in cur.fetchall())
+    if shas:
+        cur.execute(KNOWN_SHAS, (location.id, shas))
+        known.update(row[0] for row in cur.fetchall())
+    done, fresh = [], []
+    for mail in mails:
+        ident = mail.parsed.message_id or mail.sha
+        done.append(mail.uid)
+        if ident not in known:
+            known.add(ident)  # a second copy within the chunk is a duplicate too
+            fresh.append(mail)
+    duplicates = len(mails) - len(fresh)
+    if not fresh:
+        return done, [], duplicates
+    found = linking.find_links_many(
+        cur,
+        [
+            linking.LinkQuery(
+                m.parsed.subject, m.parsed.from_address, m.parsed.in_reply_to, m.parsed.references
+            )
+            for m in fresh
+        ],
+        location.link_keywords,
+    )
+    written: list[str] = []
+    rows, files = [], {}
+    try:
+        for mail, links in zip(fresh, found, strict=True):
+            parsed = mail.parsed
+            key = eml_key(location, mail.sha, mail.received)
+            archive.store(key, mail.raw)
+            written.append(key)
+            folder = key.removesuffix(".eml")
+            paths = []
+            for att in parsed.attachments:
+                path = None
+                if location.store_attachments:
+                    path = archive.store(f"{folder}/{att.filename}", att.data)
+                    written.append(path)
+                paths.append(path)
+            files[key] = (mail, links, paths)
+            status = "malformed" if parsed.malformed else ("linked" if links else "unlinked")
+            rows.append(
+                (
+                    location.id,
+                    location.folder,
+                    mail.uid,
+                    uidvalidity,
+                    parsed.message_id,
+                    mail.sha,
+                    key,
+                    len(mail.raw),
+                    parsed.subject,
+                    parsed.from_address,
+                    parsed.from_name,
+                    parsed.to_addresses,
+                    parsed.cc_addresses,
+                    parsed.sent_date,
+                    parsed.in_reply_to,
+                    parsed.references,
+                    parsed.body_text,
+                    parsed.body_html,
+                    _defects(parsed),
+                    status,
+                )
+            )
+        inserted = execute_values(
+            cur,
+            INSERT_MESSAGES,
+            rows,
+            template=INSERT_MESSAGES_ROW,
+            page_size=len(rows),
+            fetch=True,
+        )
+        new, atts, link_rows = [], [], []
+        by_key = dict(row[::-1] for row in inserted)
+        for row in rows:
+            key, status = row[6], row[19]
+            mail_id = by_key.get(key)
+            if mail_id is None:  # stored meanwhile by someone else: a duplicate after all
+                duplicates += 1
+                continue
+            mail, links, paths = files[key]
+            new.append((mail_id, status, len(mail.raw)))
+            link_rows.append((mail_id, links))
+            for att, path in zip(mail.parsed.attachments, paths, strict=True):
+                atts.append((mail_id, att.filename, att.content_type, att.size, att.sha256, path))
+        if atts:
+            execute_values(cur, INSERT_ATTACHMENTS, atts, page_size=1000)
+        linking.store_links_many(cur, link_rows)
+    except BaseException:
+        _forget(cur, written)
+        raise
+    # the losers of a race on the unique index: their files go unless the winner's are theirs
+    _forget(
+        cur,
+        [
+            k
+            for key, (_, _, paths) in files.items()
+            if by_key.get(key) is None
+            for k in (key, *(p for p in paths if p))
+        ],
+    )
+    keys.extend(written)
+    return done, new, duplicates
 
 
 def _server_action(client, location: Location, uids: list[int]) -> None:
@@ -587,13 +817,12 @@ def _run(
                 last_uid = row[1]
         uids = _search(client, last_uid, since, until)
         summary.candidates = len(uids)
-        progress = _Progress(location, len(uids))
-        done = 0
-        advance = since is None
+        rescan = since is not None or summary.uidvalidity_reset
+        candidates = list(_candidates(client, uids, rescan))
+        known = _known_message_ids(conn, location, candidates) if rescan else set()
+        chunks: list[list[_Candidate]] = []
         batch: list[_Candidate] = []
         batch_bytes = 0
-        with db.transaction(conn) as cur:
-            candidates = list(_candidates(client, cur, location, uids))
         for cand in candidates:
             if since is not None and cand.internal_date is not None:
                 if not (since <= cand.internal_date < until):
@@ -602,37 +831,65 @@ def _run(
             batch.append(cand)
             batch_bytes += min(cand.size, location.max_message_bytes)
             if len(batch) >= fetch_chunk or batch_bytes >= FETCH_CHUNK_BYTES:
-                advance = _batch(
-                    client, conn, location, summary, batch, uidvalidity, day, fault, advance
-                )
-                done += len(batch)
-                progress.tick(done)
+                chunks.append(batch)
                 batch, batch_bytes = [], 0
         if batch:
-            _batch(client, conn, location, summary, batch, uidvalidity, day, fault, advance)
+            chunks.append(batch)
+
+        def wanted(chunk: list[_Candidate]) -> list[int]:
+            return [
+                c.uid
+                for c in chunk
+                if c.size <= min(location.max_message_bytes, FETCH_CHUNK_BYTES)
+                and c.message_id not in known
+            ]
+
+        progress = _Progress(location, summary.candidates)
+        done = 0
+        advance = since is None
+        # the pool forks before the IMAP thread exists; the thread owns the IMAP session
+        pool = _start_pool(sum(c.size <= POOL_MAIL_BYTES for c in candidates))
+        imap = ThreadPoolExecutor(1, thread_name_prefix="imap")
+        try:
+            pending = imap.submit(_fetch, client, wanted(chunks[0])) if chunks else None
+            for n, chunk in enumerate(chunks):
+                fetched = pending.result()
+                # fetch the next chunk while this one is parsed and stored
+                if n + 1 < len(chunks):
+                    pending = imap.submit(_fetch, client, wanted(chunks[n + 1]))
+                advance = _batch(
+                    client, imap, pool, conn, location, summary, chunk, fetched, known,
+                    uidvalidity, day, fault, advance,
+                )  # fmt: skip
+                done += len(chunk)
+                progress.tick(done)
+        finally:
+            imap.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
     summary.seconds = round(time.monotonic() - started, 3)
 
 
 def _batch(
     client,
+    imap: Executor,
+    pool: Executor | None,
     conn,
     location: Location,
     summary: Summary,
     batch: list[_Candidate],
+    fetched: dict,
+    known: set[str],
     uidvalidity: int,
     day: date,
     fault: Callable[[str], None] | None,
     advance: bool,
 ) -> bool:
-    """Store one batch in one transaction, then change the server; False once one failed."""
+    """Store one chunk in one transaction, then change the server; False once one failed."""
     done: list[int] = []
+    keys: list[str] = []
     failed = False
     with db.transaction(conn) as cur:
-        known = set()
-        ids = [c.message_id for c in batch if c.message_id]
-        if ids:
-            cur.execute(KNOWN_MESSAGE_IDS, (location.id, ids))
-            known = {row[0] for row in cur.fetchall()}
         wanted = []
         for cand in batch:
             if cand.size > location.max_message_bytes:
@@ -661,22 +918,61 @@ def _batch(
                 done.append(cand.uid)
             else:
                 wanted.append(cand)
-        cur.execute("SAVEPOINT mail")  # each mail fails alone, rolled back to here
-        small_uids = [c.uid for c in wanted if c.size <= FETCH_CHUNK_BYTES]
-        small = client.fetch(small_uids, ["BODY.PEEK[]"]) if small_uids else {}
+        # tickets and autoreplies go mail by mail: each may depend on the one before
+        bulk = not (location.ticket_enabled or location.autoreply_enabled)
+        pooled, single = [], []
         for cand in wanted:
-            if cand.size <= FETCH_CHUNK_BYTES:
-                item = small.pop(cand.uid, None)
-            else:  # alone, so that at most one large mail is in memory
-                item = client.fetch([cand.uid], ["BODY.PEEK[]"]).pop(cand.uid, None)
-            if item is None or b"BODY[]" not in item:
+            item = fetched.pop(cand.uid, None) if cand.size <= FETCH_CHUNK_BYTES else None
+            raw = item.get(b"BODY[]") if item else None
+            if bulk and raw is not None and len(raw) <= POOL_MAIL_BYTES:
+                pooled.append((cand, raw))
+            else:
+                single.append((cand, raw))
+        if pooled:
+            prepared = _prepare_all(pool, pooled, location.store_attachments)
+            cur.execute("SAVEPOINT chunk")
+            try:
+                uids, new, duplicates = _store_chunk(cur, location, uidvalidity, prepared, keys)
+            except Exception:
+                cur.execute("ROLLBACK TO SAVEPOINT chunk")
+                log.warning(
+                    "%s: storing %d mails together failed; storing them one by one",
+                    location.name,
+                    len(pooled),
+                    exc_info=True,
+                )
+                single = pooled + single
+            else:
+                cur.execute("RELEASE SAVEPOINT chunk")
+                done.extend(uids)
+                summary.duplicates += duplicates
+                for mail_id, status, size in new:
+                    _count(summary, Stored(mail_id, True, status), size)
+            del prepared
+        del pooled
+        cur.execute("SAVEPOINT mail")  # each mail fails alone, rolled back to here
+        while single:
+            cand, raw = single.pop(0)
+            if raw is None:  # alone, so that at most one large mail is in memory
+                item = imap.submit(_fetch, client, [cand.uid]).result().pop(cand.uid, None)
+                raw = item.pop(b"BODY[]", None) if item else None
+                del item
+            if raw is None:
                 continue  # expunged by someone else since the search
-            box = [item.pop(b"BODY[]")]
-            del item
-            size = len(box[0])
+            box = [raw]
+            size = len(raw)
+            del raw
             try:
                 stored = _import_one(
-                    cur, location, box, cand.uid, uidvalidity, cand.internal_date, day, True
+                    cur,
+                    location,
+                    box,
+                    cand.uid,
+                    uidvalidity,
+                    cand.internal_date,
+                    day,
+                    cand.message_id is not None,
+                    keys,
                 )
             except Exception:
                 cur.execute("ROLLBACK TO SAVEPOINT mail")
@@ -690,26 +986,32 @@ def _batch(
             cur.execute("RELEASE SAVEPOINT mail; SAVEPOINT mail")
             done.append(cand.uid)
             if stored.new:
-                summary.new += 1
-                summary.bytes += size
-                summary.new_ids.append(stored.message_row_id)
-                if stored.status == "linked":
-                    summary.linked += 1
-                elif stored.status == "unlinked":
-                    summary.unlinked += 1
-                else:
-                    summary.malformed += 1
+                _count(summary, stored, size)
             else:
                 summary.duplicates += 1
+        # the files are on disk before the rows that point at them are committed
+        archive.sync(keys)
     if fault:
         fault("after_commit")
-    _server_action(client, location, done)
+    imap.submit(_server_action, client, location, done).result()
     advance = advance and not failed
     if advance:
         top = max(c.uid for c in batch)
         with db.transaction(conn) as cur:
             cur.execute(ADVANCE_WATERMARK, (top, location.id, location.folder, uidvalidity, top))
     return advance
+
+
+def _count(summary: Summary, stored: Stored, size: int) -> None:
+    summary.new += 1
+    summary.bytes += size
+    summary.new_ids.append(stored.message_row_id)
+    if stored.status == "linked":
+        summary.linked += 1
+    elif stored.status == "unlinked":
+        summary.unlinked += 1
+    else:
+        summary.malformed += 1
 
 
 def _finish(conn, location: Location, summary: Summary, run_key: str | None) -> None:
