@@ -1,0 +1,157 @@
+"""Benchmark: a whole dunning run (dag.test: generate, render, archive, route to the queued
+outbox, print batch, summary) on N seeded partners, against naive per-letter rendering
+(one WeasyPrint ``write_pdf()`` per letter) of a sample of the same letters, in the same run.
+
+Prints letters/s for both, the ratio, the run's task instances and the peak memory.
+Targets: ratio >= 5, <= 50 task instances, peak memory < 2 GB.
+
+    .venv/bin/python bench/dunning.py [--partners 10000] [--sample 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME = tempfile.mkdtemp(prefix="erpmail-bench-airflow-")
+# Airflow reads its configuration at import: set it before anything imports airflow.
+os.environ.update(
+    {
+        "AIRFLOW_HOME": HOME,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": f"{HOME}/logs",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "ERPMAIL_ARCHIVE_URL": f"file://{tempfile.mkdtemp(prefix='erpmail-bench-archive-')}",
+    }
+)
+sys.path.insert(0, str(ROOT / "plugins"))
+
+import psycopg2  # noqa: E402
+
+from erpmail import accounts, db, seed  # noqa: E402
+
+ADMIN_URL = os.environ.get("ERPMAIL_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test")
+SAMPLE_LETTERS = "SELECT id FROM erp.letters WHERE run_id = %s ORDER BY id LIMIT %s"
+
+
+def _admin(sql: str) -> None:
+    conn = psycopg2.connect(ADMIN_URL)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)  # generated database names only
+    finally:
+        conn.close()
+
+
+def _peak_mb() -> tuple[float, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, children
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument("--partners", type=int, default=10_000)
+    parser.add_argument("--sample", type=int, default=60, help="letters rendered naively")
+    args = parser.parse_args()
+
+    name = f"erpmail_bench_{uuid.uuid4().hex[:8]}"
+    _admin(f"CREATE DATABASE {name}")
+    url = urlsplit(ADMIN_URL)._replace(path=f"/{name}").geturl()
+    os.environ["ERPMAIL_DB_URL"] = url
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True
+        )
+        conn = db.connect(url)
+        db.migrate(conn)
+        started = time.monotonic()
+        seed.seed(conn, partners=args.partners, seed=1)
+        with db.transaction(conn) as cur:
+            accounts.create_account(
+                cur,
+                name="bench",
+                conn_id="bench_smtp",
+                from_address="buchhaltung@muster-handels.example.com",
+                is_default=True,
+                send_interval_seconds=0,
+            )
+        print(f"seeded {args.partners} partners in {time.monotonic() - started:.1f} s", flush=True)
+
+        from airflow import settings
+        from airflow.dag_processing.dagbag import DagBag
+
+        settings.configure_orm()
+        dag = DagBag(dag_folder=ROOT / "dags").get_dag("dunning_run")
+        started = time.monotonic()
+        dr = dag.test(run_conf={"company": "DEMO"})
+        pipeline_s = time.monotonic() - started
+        tis = dr.get_task_instances()
+        with db.transaction(conn) as cur:
+            cur.execute("SELECT id, summary FROM erp.runs WHERE airflow_run_id = %s", (dr.run_id,))
+            run_id, summary = cur.fetchone()
+            cur.execute("SELECT count(*) FROM mail.outbox")
+            queued = cur.fetchone()[0]
+        letters = summary["letters"]
+        per_task: dict[str, float] = {}
+        for ti in tis:
+            if ti.start_date and ti.end_date:
+                seconds = (ti.end_date - ti.start_date).total_seconds()
+                per_task[ti.task_id] = per_task.get(ti.task_id, 0.0) + seconds
+        print("task seconds: " + ", ".join(f"{t} {s:.1f}" for t, s in per_task.items()))
+        print(
+            f"run {dr.state}: {letters} letters {summary['by_status']}, {queued} queued", flush=True
+        )
+
+        # the baseline: the same letters, one write_pdf() each
+        from erpmail import documents, pdf, templates
+        from erpmail.dunning import DUNNING
+
+        with db.transaction(conn) as cur:
+            cur.execute(SAMPLE_LETTERS, (run_id, args.sample))
+            ids = [row[0] for row in cur.fetchall()]
+            run = documents.load_run(cur, run_id)
+            contexts = DUNNING.contexts(cur, run, ids)
+        html = [templates.default().render_letter(contexts[i]).letter_html for i in ids]
+        started = time.monotonic()
+        for page in html:
+            pdf.render_single(page)
+        naive_s = time.monotonic() - started
+        conn.close()
+    finally:
+        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    pipeline_rate = letters / pipeline_s
+    naive_rate = len(html) / naive_s
+    own, child = _peak_mb()
+    print(
+        f"pipeline: {letters} letters in {pipeline_s:.1f} s = {pipeline_rate:.1f} letters/s "
+        f"(generate, render, archive, route to the queued outbox, print batch, summary)"
+    )
+    print(
+        f"naive:    {len(html)} letters in {naive_s:.1f} s = {naive_rate:.1f} letters/s "
+        f"(one write_pdf() per letter, rendering only)"
+    )
+    print(f"ratio:    {pipeline_rate / naive_rate:.1f}x (target >= 5)")
+    print(f"task instances: {len(tis)} (target <= 50)")
+    print(
+        f"peak memory: {own:.0f} MB this process, {child:.0f} MB largest child (target < 2048 MB)"
+    )
+    return 0 if dr.state == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
