@@ -73,8 +73,10 @@ def _free_port() -> int:
 def _demo_database() -> str:
     """A fresh ``erpmail_demo`` database on the embedded server; its URL."""
     for var in ("ERPMAIL_DB_URL", "AIRFLOW_CONN_ERP_DB"):
-        os.environ.pop(var, None)  # the demo never touches a configured database
-    server_url = db.database_url()
+        os.environ.pop(var, None)
+    # the embedded server itself, never database_url(): that could name a configured
+    # erp_db connection, and the demo drops and recreates its database
+    server_url = db._embedded_url()
     admin = psycopg2.connect(server_url)
     admin.autocommit = True
     try:

@@ -14,6 +14,8 @@ The rules, decided here and tested in tests/test_dunning.py:
   selected for the run are not reached in it.
 * "Previous letter": a letter of an earlier, non-dry dunning run that did not fail. A second
   run on the same key date therefore finds every item already at its level and raises none.
+  A letter that failed (rendering, or its mail refused by the server) never reached the
+  partner, so the next run dunns its items again at the same level.
 * Netting is per currency only: open credit notes reduce the overdue items of their own
   currency; a currency whose net is not positive is dropped from the letter (exchange rates
   are not ours to choose). A partner gets a letter only if at least one item is raised in a
