@@ -127,6 +127,15 @@ WHERE {scope} AND m.archived_at < %(keep_cutoff)s
 GROUP BY 1 ORDER BY 1"""
 
 
+# A purge needs only the totals: the same filters without months and sizes (a third the cost).
+_COUNT_TEMPLATE = """
+SELECT count(*) FILTER (WHERE NOT m.legal_hold AND {eligible}) AS mails,
+       count(*) FILTER (WHERE m.legal_hold) AS on_hold,
+       count(*) FILTER (WHERE NOT m.legal_hold AND NOT ({eligible})) AS under_legal_minimum
+FROM mail.messages m
+WHERE {scope} AND m.archived_at < %(keep_cutoff)s"""
+
+
 def _build(template: str, scope: str) -> str:
     return (
         template.replace("{eligible}", _ELIGIBLE)
@@ -137,6 +146,7 @@ def _build(template: str, scope: str) -> str:
 
 PURGE_BATCH = {scope: _build(_BATCH_TEMPLATE, scope) for scope in _SCOPES}
 REPORT_MONTHS = {scope: _build(_REPORT_TEMPLATE, scope) for scope in _SCOPES}
+COUNT_CANDIDATES = {scope: _build(_COUNT_TEMPLATE, scope) for scope in _SCOPES}
 
 SELECT_PENDING = """
 SELECT id, keys FROM mail.retention_pending_deletions WHERE id > %s ORDER BY id LIMIT 1"""
@@ -366,27 +376,19 @@ class _Store:
         return True
 
 
-def _unshared(
-    cur: psycopg2.extensions.cursor, pending_id: int, keys: list[str], result: FileRemoval
-) -> list[str]:
-    """The keys of pending row ``pending_id`` that no remaining row names; the row keeps only those."""
-    cur.execute(UNSHARED_KEYS, {"keys": keys})
-    unshared = [row[0] for row in cur.fetchall()]
-    if len(unshared) < len(keys):
-        result.shared += len(keys) - len(unshared)
-        if unshared:
-            cur.execute(SET_PENDING_KEYS, (unshared, pending_id))
-        else:
-            cur.execute(CLEAR_PENDING, ([pending_id],))
-    return unshared
-
-
-def _remove_keys(keys: list[str]) -> tuple[FileRemoval, list[str]]:
-    """Remove the files under ``keys``: what happened, and the keys that failed."""
-    store = _Store()
+def _remove_unshared(
+    conn: psycopg2.extensions.connection, keys: list[str]
+) -> tuple[FileRemoval, list[str]]:
+    """Remove the files under ``keys`` that no row names (after the rows' delete committed):
+    what happened, and the keys that failed."""
     result = FileRemoval()
+    with db.transaction(conn) as cur:
+        cur.execute(UNSHARED_KEYS, {"keys": keys})
+        unshared = [row[0] for row in cur.fetchall()]
+    result.shared = len(keys) - len(unshared)
+    store = _Store()
     failed: list[str] = []
-    for key in keys:
+    for key in unshared:
         try:
             if store.remove(key):
                 result.removed += 1
@@ -402,7 +404,7 @@ def _remove_keys(keys: list[str]) -> tuple[FileRemoval, list[str]]:
 def _settle(
     cur: psycopg2.extensions.cursor, pending_id: int, removal: Future, result: FileRemoval
 ) -> None:
-    """Clear a pending row once its files are gone; keep the keys that failed."""
+    """Clear a pending row once its files are gone (or shared); keep the keys that failed."""
     counts, failed = removal.result()
     result.add(counts)
     if failed:
@@ -419,15 +421,13 @@ def sweep_pending(conn: psycopg2.extensions.connection) -> FileRemoval:
         with db.transaction(conn) as cur:
             cur.execute(SELECT_PENDING, (after,))
             row = cur.fetchone()
-            if row is None:
-                break
-            after, keys = row
-            keys = _unshared(cur, after, keys, total)
-        if keys:
-            done: Future = Future()
-            done.set_result(_remove_keys(keys))
-            with db.transaction(conn) as cur:
-                _settle(cur, after, done, total)
+        if row is None:
+            break
+        after, keys = row
+        done: Future = Future()
+        done.set_result(_remove_unshared(conn, keys))
+        with db.transaction(conn) as cur:
+            _settle(cur, after, done, total)
     if total.removed or total.missing or total.shared or total.failed:
         log.info(
             "retention sweep: %s leftover files removed, %s already gone, %s still in use, %s failed",
@@ -482,6 +482,11 @@ def _report_policy(
             )
 
 
+def _where(conn: psycopg2.extensions.connection) -> tuple[str, ...]:
+    params = conn.get_dsn_parameters()
+    return tuple(params.get(k, "") for k in ("host", "port", "dbname"))
+
+
 def _purge_policy(
     conn: psycopg2.extensions.connection,
     policy: Policy,
@@ -497,40 +502,47 @@ def _purge_policy(
     params = _params(policy, cut)
     progress = Progress(f"purge {policy.label}", total)
     params.update(run_id=run_id, batch_size=batch_size, after_at="-infinity", after_id=0)
-    # One batch's files are removed (in a thread) while the next batch runs in the database;
-    # a pending row is cleared in the transaction after its removal finished.
+    # One batch's files are removed (in a thread, with its own connection to ask which keys
+    # no row names any more) while the next batch runs in the database; a pending row is
+    # cleared in the first transaction after its removal finished.
     in_flight: list[tuple[int, Future]] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="retention-files") as files:
-        while True:
+    files_conn = db.connect()
+    try:
+        if _where(files_conn) != _where(conn):  # the shared-file check must ask the same database
+            raise ValueError(f"conn {_where(conn)} is not erpmail's database {_where(files_conn)}")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="retention-files") as files:
+            while True:
+                with db.transaction(conn) as cur:
+                    while len(in_flight) > 1 or (in_flight and in_flight[0][1].done()):
+                        _settle(cur, *in_flight.pop(0), result.files)
+                    cur.execute(PURGE_BATCH[policy.scope], params)
+                    row = cur.fetchone()
+                    if row is None:  # nothing left after the last key
+                        break
+                    mails, attachments, size, last_at, last_id, pending_id, keys = row
+                    cur.execute(
+                        ADD_TO_AUDIT,
+                        {
+                            "mails": mails,
+                            "attachments": attachments,
+                            "bytes": size,
+                            "audit_id": audit_id,
+                        },
+                    )
+                # committed: the rows are gone and their files recorded; now the files may go
+                if pending_id:
+                    removal = files.submit(_remove_unshared, files_conn, keys)
+                    in_flight.append((pending_id, removal))
+                params.update(after_at=last_at, after_id=last_id)
+                result.mails += mails
+                result.attachments += attachments
+                result.bytes += int(size)
+                progress.add(mails)
             with db.transaction(conn) as cur:
-                while len(in_flight) > 1 or (in_flight and in_flight[0][1].done()):
-                    _settle(cur, *in_flight.pop(0), result.files)
-                cur.execute(PURGE_BATCH[policy.scope], params)
-                row = cur.fetchone()
-                if row is None:  # nothing left after the last key
-                    break
-                mails, attachments, size, last_at, last_id, pending_id, keys = row
-                keys = _unshared(cur, pending_id, keys, result.files) if pending_id else []
-                cur.execute(
-                    ADD_TO_AUDIT,
-                    {
-                        "mails": mails,
-                        "attachments": attachments,
-                        "bytes": size,
-                        "audit_id": audit_id,
-                    },
-                )
-            # committed: the rows are gone and their files recorded; now the files may go
-            if keys:
-                in_flight.append((pending_id, files.submit(_remove_keys, keys)))
-            params.update(after_at=last_at, after_id=last_id)
-            result.mails += mails
-            result.attachments += attachments
-            result.bytes += int(size)
-            progress.add(mails)
-        with db.transaction(conn) as cur:
-            for pending_id, removal in in_flight:
-                _settle(cur, pending_id, removal, result.files)
+                for pending_id, removal in in_flight:
+                    _settle(cur, pending_id, removal, result.files)
+    finally:
+        files_conn.close()
     if total:
         progress.log()
 
@@ -654,17 +666,18 @@ def _run_policy(
     subject = f"retention policy {policy.id} ({policy.label})"
     started = time.monotonic()
     with db.transaction(conn) as cur:
-        if cut is not None:
-            # the dry run's counts, and for a purge what the legal minimum and holds keep
+        if cut is not None and dry_run:
             _report_policy(cur, policy, cut, result)
+        elif cut is not None:  # what will go, and what the legal minimum and holds keep
+            cur.execute(COUNT_CANDIDATES[policy.scope], _params(policy, cut))
+            result.mails, result.on_hold, result.under_legal_minimum = cur.fetchone()
+    with db.transaction(conn) as cur:
         if dry_run:
             details.update(mails=result.mails, bytes_freed=0, would_free_bytes=result.bytes)
         cur.execute(INSERT_AUDIT, (actor, action, subject, _json(details)))
         audit_id = cur.fetchone()[0]
     if cut is not None and not dry_run:
-        expected = result.mails
-        result.mails = result.bytes = 0
-        result.months = []
+        expected, result.mails = result.mails, 0
         _purge_policy(
             conn,
             policy,
