@@ -17,8 +17,8 @@ SAFE_INTERVAL_SECONDS = 60
 
 INSERT_ACCOUNT = """
 INSERT INTO mail.accounts (name, conn_id, from_address, display_name, sender_addresses,
-    is_default, send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    is_default, send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 RETURNING id, name, conn_id, from_address, display_name, sender_addresses, is_default,
     send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only"""
 ACCOUNT_BY_ID = """
@@ -113,7 +113,7 @@ def _account(row: tuple) -> Account:
 
 def warn_if_fast(account: Account) -> bool:
     """Log a warning when the account sends more often than once a minute; True if so."""
-    if 0 <= account.send_interval_seconds < SAFE_INTERVAL_SECONDS:
+    if not account.demo_only and 0 <= account.send_interval_seconds < SAFE_INTERVAL_SECONDS:
         log.warning(
             "account %r sends every %d s (0: no throttle), under %d s: mail providers may "
             "treat it as spam; only a relay of your own should go that fast",
@@ -138,8 +138,12 @@ def create_account(
     hourly_cap: int | None = None,
     sent_folder_conn_id: str | None = None,
     sent_folder: str | None = None,
+    demo_only: bool = False,
 ) -> Account:
-    """Insert an account row and return it; warns when the interval is under 60 s."""
+    """Insert an account row and return it; warns when the interval is under 60 s.
+
+    ``demo_only`` marks an account that only ever talks to a local sink.
+    """
     for value, field in ((name, "name"), (from_address, "from_address")):
         if not value or any(c in value for c in "\r\n"):
             raise ValueError(f"account {name!r}: {field} is empty or holds a line break")
@@ -156,6 +160,7 @@ def create_account(
             hourly_cap,
             sent_folder_conn_id,
             sent_folder,
+            demo_only,
         ),
     )
     account = _account(cur.fetchone())

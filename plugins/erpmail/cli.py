@@ -30,6 +30,12 @@ def _seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from erpmail import demo  # imports Airflow and aiosmtpd: only for this command
+
+    return demo.main(["--partners", str(args.partners)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, one sub-command per job."""
     parser = argparse.ArgumentParser(prog="erpmail", description=__doc__)
@@ -49,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="date the open items are spread back from (default today)",
     )
     seed_cmd.set_defaults(func=_seed)
+    demo_cmd = sub.add_parser(
+        "demo", help="a dunning run from seed data to .eml files, via Airflow"
+    )
+    demo_cmd.add_argument("--partners", type=int, default=200)
+    demo_cmd.set_defaults(func=_demo)
     return parser
 
 

