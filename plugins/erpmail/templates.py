@@ -108,6 +108,7 @@ class LetterContext:
 
     ``totals`` are the open amounts per currency plus ``fee`` in ``fee_currency`` (the fee of
     the highest level on a dunning letter). ``extra`` carries document-specific values.
+    ``texts`` None: the document's templates carry their own texts (they set ``texts``).
     """
 
     document: str  # template folder, e.g. 'dunning'
@@ -115,7 +116,7 @@ class LetterContext:
     partner: Partner
     key_date: date
     items: Sequence[LetterItem]
-    texts: LetterTexts
+    texts: LetterTexts | None
     reference: str  # printed letter reference, e.g. '<run>-<partner number>'
     level: int | None = None
     fee: Decimal = Decimal("0.00")
