@@ -213,3 +213,36 @@ def test_plan_batches_is_fixed_once(book) -> None:
     )
     documents.generate(empty, DUNNING)
     assert documents.plan_batches(empty) == [0]
+
+
+def test_kinds_are_found_by_name() -> None:
+    from erpmail.statements import BALANCE_CONFIRMATION, PAYMENT_ADVICE
+
+    assert documents.kind_named("dunning") is DUNNING
+    assert documents.kind_named("balance_confirmation") is BALANCE_CONFIRMATION
+    assert documents.kind_named("payment_advice") is PAYMENT_ADVICE
+    assert all(documents.kind_named(name).kind == name for name in documents.KINDS)
+    with pytest.raises(LookupError, match="'invoice' is not one of"):
+        documents.kind_named("invoice")
+
+
+FORM = {"company": "DEMO", "key_date": KEY.isoformat(), "levels": ["2", 1, "1"], "note": "n"}
+
+
+def test_start_run_checks_the_form_and_resumes(book) -> None:
+    run = documents.start_run(DUNNING, "manual__form", {**FORM, "partner_from": "000002"})
+    assert documents.start_run(DUNNING, "manual__form", FORM) == run  # a rerun resumes
+    stored = _rows(book, "SELECT key_date, dry_run, params, note FROM erp.runs WHERE id = %s", run)
+    assert stored == [
+        (KEY, False, {"levels": [1, 2], "partner_from": "000002", "partner_to": None}, "n")
+    ]
+    for bad, message in (
+        ({"partner_from": "000009", "partner_to": "000002"}, "partner_from '000009' is after"),
+        ({"key_date": "02.03.2026"}, "param 'key_date': '02.03.2026' is not a date"),
+        ({"company": "NOPE"}, "company 'NOPE' not found"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            documents.start_run(DUNNING, "manual__bad", {**FORM, **bad})
+    assert _rows(book, "SELECT count(*) FROM erp.runs WHERE airflow_run_id = 'manual__bad'") == [
+        (0,)
+    ]

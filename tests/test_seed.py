@@ -43,3 +43,37 @@ def test_seed_appends_new_numbers(db):
     seed.seed(db, partners=5, seed=2)
     numbers = [r[0] for r in _rows(db, "SELECT number FROM erp.partners ORDER BY number")]
     assert numbers == [f"{n:06d}" for n in range(1, 11)]
+
+
+def test_seed_has_two_executed_payment_runs_and_adds_them_once(db):
+    from datetime import date
+
+    as_of = date(2026, 3, 2)
+    counts = seed.seed(db, partners=40, seed=1, as_of=as_of)
+    runs = _rows(
+        db,
+        "SELECT r.number, r.payment_date, r.status, count(pl.id), "
+        "count(*) FILTER (WHERE pl.paid_amount = pl.gross_amount - pl.discount - pl.fees) "
+        "FROM erp.payment_runs r JOIN erp.payment_lines pl ON pl.payment_run_id = r.id "
+        "GROUP BY 1, 2, 3 ORDER BY 1",
+    )
+    assert [r[:3] for r in runs] == [
+        (number, as_of, "executed") for number in seed.payment_run_numbers(as_of)
+    ]
+    assert all(r[3] > 0 and r[3] == r[4] for r in runs)
+    assert counts["payment_lines"] == sum(r[3] for r in runs)
+    # suppliers' invoices and customers' credit notes, each paid by exactly one run
+    lines = _rows(
+        db,
+        "SELECT o.side, o.doc_type, count(*), count(DISTINCT o.id) FROM erp.payment_lines pl "
+        "JOIN erp.open_items o ON o.id = pl.open_item_id GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    assert {(side, doc_type) for side, doc_type, *_ in lines} <= {
+        ("payable", "invoice"),
+        ("payable", "credit_note"),
+        ("receivable", "credit_note"),
+    }
+    assert all(n == distinct for *_, n, distinct in lines)
+    assert seed.seed_payment_runs(db, as_of=as_of) == dict.fromkeys(
+        seed.payment_run_numbers(as_of), 0
+    )

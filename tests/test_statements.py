@@ -27,6 +27,7 @@ UPDATE erp.partners SET is_customer = %s, is_supplier = %s, email = %s, email_bl
        language = %s, country = 'DE'
  WHERE company = 'DEMO' AND number = %s RETURNING id"""
 CLEAR_PARTNER = """
+DELETE FROM erp.payment_lines WHERE partner_id = %(id)s;
 DELETE FROM erp.open_items WHERE partner_id = %(id)s;
 DELETE FROM erp.contacts WHERE partner_id = %(id)s"""
 ITEM = """
@@ -43,6 +44,11 @@ SELECT p.number, l.id, l.status, l.paper_reason, l.recipient, l.totals, l.pdf_pa
   FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
   LEFT JOIN mail.outbox o ON o.id = l.outbox_id
  WHERE l.run_id = %s ORDER BY p.number"""
+# The seeded payment runs (erpmail.seed.seed_payment_runs) and their lines.
+PAYMENT_RUNS = """
+SELECT r.number, count(pl.id) FROM erp.payment_runs r
+  LEFT JOIN erp.payment_lines pl ON pl.payment_run_id = r.id
+ WHERE r.company = 'DEMO' GROUP BY 1 ORDER BY 1"""
 PAYMENT_LINES = """
 SELECT p.number, pl.id, pl.doc_number, pl.gross_amount, pl.discount, pl.fees, pl.paid_amount,
        pl.currency, r.number
@@ -246,6 +252,14 @@ def test_balance_confirmation_pdfs_mail_and_rerun(statements_db) -> None:
     assert "850,00 €" in text and "400,00 €" in text and "450,00 €" in text  # sides, balance
     assert "250,50 CHF" in text
     assert "zu unseren Gunsten" in text and "Antwort zur Saldenbestätigung" in text
+    # the layout's order: items, the balances, the closing text, then the reply form alone
+    # on the last page
+    assert text.index("HB1-CHF") < text.index("zu unseren Gunsten") < text.index("Bitte prüfen")
+    pages = pypdf.PdfReader(io.BytesIO(archive.read(letters["000001"][6]))).pages
+    assert len(pages) >= 2
+    assert "Antwort zur Saldenbestätigung" in pages[-1].extract_text()
+    assert "Bitte prüfen" not in pages[-1].extract_text()
+    assert all("Antwort zur Saldenbestätigung" not in page.extract_text() for page in pages[:-1])
     assert "relnr 000001" in text and f"{run_id}-000001" in text
     # the supplier: English, in its favour
     text = _text(archive.read(letters["000002"][6]))
@@ -256,6 +270,7 @@ def test_balance_confirmation_pdfs_mail_and_rerun(statements_db) -> None:
     message = email.message_from_bytes(bytes(raw), policy=policy.default)
     assert message["Subject"] == f"Saldenbestätigung zum {KEY:%d.%m.%Y} – relnr 000001"
     assert message["To"] == "p000001@example.com"
+    assert message["Reply-To"] == SENDER  # no reply address in the params: the company's
     (attachment,) = list(message.iter_attachments())
     assert attachment.get_content() == archive.read(letters["000001"][6])
     assert (
@@ -283,17 +298,17 @@ def test_creditor_confirmations_go_to_suppliers_only(statements_db) -> None:
     assert "zu Ihren Gunsten" in text
 
 
-def _advice_conn(conn) -> dict[str, int]:
-    return statements.seed_payment_runs(conn, as_of=KEY)
+def seeded_payment_runs(conn) -> dict[str, int]:
+    """The seed's payment runs: number -> lines left after the hand-built partners."""
+    return dict(_rows(conn, PAYMENT_RUNS))
 
 
 @pytest.mark.timeout(600)
 def test_payment_advice_lists_exactly_its_runs_lines(statements_db) -> None:
     conn = statements_db
-    counts = _advice_conn(conn)
+    counts = seeded_payment_runs(conn)
     first, second = sorted(counts)
     assert counts[first] > 0 and counts[second] > 0
-    assert statements.seed_payment_runs(conn, as_of=KEY) == {first: 0, second: 0}
     lines = _rows(conn, PAYMENT_LINES)
     payees = sorted({n for n, *_, run in lines if run == first})[:6]
     # the advice for six payees of the first run (rendering all is slow on a shared machine)
@@ -341,9 +356,31 @@ def test_payment_advice_lists_exactly_its_runs_lines(statements_db) -> None:
     assert _rows(conn, LETTERS, again) == []
 
 
+def test_forms_become_runs_or_clear_errors(statements_db) -> None:
+    form = {"company": "DEMO", "key_date": KEY.isoformat(), "side": "creditors"}
+    with db.transaction(statements_db) as cur:
+        request = statements.prepare_confirmation(
+            cur, {**form, "reply_address": "Saldo@Muster-Handels.example.com"}
+        )
+        assert request.key_date == KEY
+        assert request.params["side"] == "creditors"
+        assert request.params["reply_address"] == "Saldo@muster-handels.example.com"
+        assert statements.prepare_confirmation(cur, form).params["reply_address"] is None
+        with pytest.raises(ValueError, match="param 'reply_address' 'not@an@address'"):
+            statements.prepare_confirmation(cur, {**form, "reply_address": "not@an@address"})
+        with pytest.raises(ValueError, match="partner_from '000009' is after partner_to"):
+            statements.prepare_confirmation(
+                cur, {**form, "partner_from": "000009", "partner_to": "000001"}
+            )
+        first = sorted(seeded_payment_runs(statements_db))[0]
+        request = statements.prepare_advice(cur, {"company": "DEMO", "payment_run": first})
+        assert request.params == {"payment_run": first}
+        with pytest.raises(ValueError, match="'NOPE' .* not found"):
+            statements.prepare_advice(cur, {"company": "DEMO", "payment_run": "NOPE"})
+
+
 def test_payment_advice_bad_input(statements_db) -> None:
     conn = statements_db
-    _advice_conn(conn)
     with db.transaction(conn) as cur:
         with pytest.raises(ValueError, match="'NOPE' .* not found .*payment_run"):
             statements.load_payment_run(cur, "DEMO", "NOPE")

@@ -5,22 +5,24 @@ batches -> archive each PDF -> route (outbox message, or paper with a reason) ->
 batch of the paper letters -> summary. Each step is idempotent and resumes where a
 cleared or rerun task left off; a letter that fails fails alone with its reason.
 
-What differs per kind (selection, letter context, whether a letter may go by mail) is a
-``DocumentKind``; everything else lives here.
+What differs per kind (the form it takes, selection, letter context, whether a letter may
+go by mail) is a ``DocumentKind``, found by its name with ``kind_named``; everything else
+lives here, and ``erpmail.operators.document_run`` wires it into a DAG.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
@@ -28,6 +30,9 @@ from email_validator import EmailNotValidError, validate_email
 from psycopg2.extras import Json, execute_values
 
 from erpmail import archive, db
+
+if TYPE_CHECKING:  # templates pulls in babel: imported where a letter is rendered
+    from erpmail.templates import Company
 
 PROGRESS_SECONDS = 5.0
 # Batches per run: mapped render + route tasks stay at 2 x this (the DAG has 4 more tasks).
@@ -48,6 +53,19 @@ SELECT id, kind, airflow_run_id, company, key_date, dry_run, params, note, statu
        print_batch_path, summary
   FROM erp.runs WHERE id = %s"""
 COMPANY_EXISTS = "SELECT 1 FROM erp.companies WHERE code = %s"
+COMPANY = """
+SELECT code, name, street, postcode, city, country, email, phone, iban, language, currency
+  FROM erp.companies WHERE code = %s"""
+# Correspondence language: the kind's contact's (one with an address), else the partner's,
+# else the company's.
+PARTNER_LANGUAGES = """
+SELECT p.id, coalesce(
+         (SELECT c.language FROM erp.contacts c
+           WHERE c.partner_id = p.id AND c.role = %(role)s AND c.email IS NOT NULL
+           ORDER BY c.id LIMIT 1),
+         p.language, co.language)
+  FROM erp.partners p JOIN erp.companies co ON co.code = p.company
+ WHERE p.id = ANY(%(ids)s)"""
 SET_RUN_STATUS = "UPDATE erp.runs SET status = %s WHERE id = %s"
 COUNT_LETTERS = "SELECT count(*) FROM erp.letters WHERE run_id = %s"
 BATCHES = (
@@ -137,21 +155,55 @@ class Run:
 
 
 @dataclass(frozen=True)
+class RunRequest:
+    """What a kind makes of the DAG's form: the run's key date and its params (erp.runs)."""
+
+    key_date: date
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class DocumentKind:
     """What the pipeline needs from one kind of document run.
 
+    ``prepare(cur, form)`` checks the DAG's params across fields and turns them into a
+    ``RunRequest`` (a ``ValueError`` naming the param when they do not fit; ``company``,
+    ``dry_run`` and ``note`` are every form's and taken as they are);
     ``generate(cur, run)`` writes the run's letters (status ``generated``) and returns how many;
     ``contexts(cur, run, letter_ids)`` gives each letter's ``templates.LetterContext``, or
-    the exception that fails that letter alone;
+    the exception that fails that letter alone (``extra["reply_address"]``, when set,
+    becomes the mail's Reply-To);
     ``sends_email(cur, letter_id)`` says whether the letter may go by mail at all.
     """
 
-    kind: str  # erp.runs.kind
+    kind: str  # erp.runs.kind, and the name kind_named finds it by
     document: str  # template folder under include/templates/
-    contact_role: str  # the contact whose address beats the partner's
+    contact_role: str  # the contact whose address (and language) beats the partner's
+    prepare: Callable[[psycopg2.extensions.cursor, Mapping[str, Any]], RunRequest]
     generate: Callable[[psycopg2.extensions.cursor, Run], int]
     contexts: Callable[[psycopg2.extensions.cursor, Run, Sequence[int]], dict[int, Any]]
     sends_email: Callable[[psycopg2.extensions.cursor, int], bool]
+
+
+# Where each kind is defined, by name: resolved on first use, so that a DAG file can name its
+# kind without importing the kind's module (and the template engine behind it).
+KINDS = {
+    "dunning": "erpmail.dunning:DUNNING",
+    "balance_confirmation": "erpmail.statements:BALANCE_CONFIRMATION",
+    "payment_advice": "erpmail.statements:PAYMENT_ADVICE",
+}
+
+
+def kind_named(name: str) -> DocumentKind:
+    """The document kind registered in ``KINDS`` under ``name``; an error naming it when unknown."""
+    where = KINDS.get(name)
+    if where is None:
+        raise LookupError(f"document kind {name!r} is not one of {sorted(KINDS)}")
+    module, _, attribute = where.partition(":")
+    kind = getattr(importlib.import_module(module), attribute)
+    if not isinstance(kind, DocumentKind) or kind.kind != name:
+        raise LookupError(f"document kind {name!r}: {where} is not DocumentKind {name!r}")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -205,6 +257,64 @@ def load_run(cur: psycopg2.extensions.cursor, run_id: int, *, lock: bool = False
     if row is None:
         raise LookupError(f"run {run_id} not found in erp.runs")
     return Run(*row)
+
+
+def load_company(cur: psycopg2.extensions.cursor, code: str) -> tuple[Company, str, str]:
+    """The company as letterhead (``templates.Company``), its language and its currency."""
+    from erpmail.templates import Company
+
+    cur.execute(COMPANY, (code,))
+    row = cur.fetchone()
+    if row is None:
+        raise LookupError(f"company {code!r} not found in erp.companies")
+    *fields, language, currency = row
+    return Company(*fields), language, currency
+
+
+def partner_languages(
+    cur: psycopg2.extensions.cursor, partner_ids: Sequence[int], role: str
+) -> dict[int, str]:
+    """Per partner its correspondence language: the ``role`` contact's, the partner's, or
+    the company's."""
+    cur.execute(PARTNER_LANGUAGES, {"role": role, "ids": list(partner_ids)})
+    return dict(cur.fetchall())
+
+
+def form_date(form: Mapping[str, Any], name: str) -> date:
+    """The form's field ``name`` as a date (YYYY-MM-DD); an error naming the field."""
+    try:
+        return date.fromisoformat(str(form[name]))
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"param {name!r}: {form.get(name)!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def partner_range(form: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The form's ``partner_from``/``partner_to`` (empty: open); an error when from is after to.
+
+    JSON schema cannot compare two fields, so the run's first task does.
+    """
+    low, high = form.get("partner_from") or None, form.get("partner_to") or None
+    if low and high and low > high:
+        raise ValueError(f"partner_from {low!r} is after partner_to {high!r}: nothing generated")
+    return low, high
+
+
+def start_run(kind: DocumentKind, airflow_run_id: str, form: Mapping[str, Any]) -> int:
+    """Check the form with the kind's ``prepare`` and create (or, on a rerun, find) the run.
+
+    A ``ValueError`` naming the param when the form does not fit; nothing is written then.
+    """
+    with db.transaction() as cur:
+        request = kind.prepare(cur, form)
+    return create_run(
+        kind=kind.kind,
+        airflow_run_id=airflow_run_id,
+        company=form["company"],
+        key_date=request.key_date,
+        dry_run=bool(form.get("dry_run")),
+        params=request.params,
+        note=form.get("note") or "",
+    )
 
 
 def create_run(
@@ -410,6 +520,7 @@ def _letter_message(
         ],
         inline_images=rendered.signature.images if rendered.signature else (),
         message_id=mime.make_message_id(key, _domain(account.from_address)),
+        reply_to=context.extra.get("reply_address") or None,
         context=f"letter {letter_id} partner {number}",
     )
     return key, account.id, message.as_bytes()

@@ -31,16 +31,18 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import psycopg2.extensions
 from psycopg2.extras import Json, execute_values
 
-from erpmail.documents import DocumentKind, Run
-from erpmail.templates import Company, LetterContext, LetterItem, LetterTexts, Partner
+from erpmail import documents
+from erpmail.documents import DocumentKind, Run, RunRequest
+from erpmail.templates import LetterContext, LetterItem, LetterTexts, Partner
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +82,6 @@ SELECT DISTINCT ON (li.open_item_id) li.open_item_id, li.level, r.key_date
    AND r.id <> %(run_id)s
    AND l.status <> 'failed'
  ORDER BY li.open_item_id, li.level DESC, r.key_date, r.id"""
-PARTNER_LANGUAGES = """
-SELECT p.id, coalesce(
-         (SELECT c.language FROM erp.contacts c
-           WHERE c.partner_id = p.id AND c.role = 'dunning' AND c.email IS NOT NULL
-           ORDER BY c.id LIMIT 1),
-         p.language, co.language)
-  FROM erp.partners p JOIN erp.companies co ON co.code = p.company
- WHERE p.id = ANY(%s)"""
 INSERT_LETTERS = """
 INSERT INTO erp.letters (run_id, partner_id, document, language, level, totals, fee, fee_currency)
 VALUES %s
@@ -112,9 +106,6 @@ SELECT li.letter_id, o.doc_number, o.doc_type, o.doc_date, o.due_date, o.amount,
   FROM erp.letter_items li JOIN erp.open_items o ON o.id = li.open_item_id
  WHERE li.letter_id = ANY(%s)
  ORDER BY li.letter_id, o.doc_type DESC, o.due_date, o.doc_number"""
-COMPANY = """
-SELECT code, name, street, postcode, city, country, email, phone, iban, language, currency
-  FROM erp.companies WHERE code = %s"""
 TEXTS = "SELECT level, language, subject, intro, closing FROM erp.dunning_texts WHERE company = %s"
 LETTER_SENDS_EMAIL = """
 SELECT coalesce(d.send_email, true)
@@ -300,6 +291,19 @@ def select(
     return proposals
 
 
+def prepare(cur: psycopg2.extensions.cursor, form: Mapping[str, Any]) -> RunRequest:
+    """The ``dunning_run`` form as a run: key date, the levels it may reach, partner range."""
+    low, high = documents.partner_range(form)
+    return RunRequest(
+        key_date=documents.form_date(form, "key_date"),
+        params={
+            "levels": sorted({int(level) for level in form.get("levels") or ()}),
+            "partner_from": low,
+            "partner_to": high,
+        },
+    )
+
+
 def generate(cur: psycopg2.extensions.cursor, run: Run) -> int:
     """Write the run's letters (``generated``) with their items; return how many were written.
 
@@ -318,8 +322,7 @@ def generate(cur: psycopg2.extensions.cursor, run: Run) -> int:
     )
     if not proposals:
         return 0
-    cur.execute(PARTNER_LANGUAGES, ([p.partner_id for p in proposals],))
-    languages = dict(cur.fetchall())
+    languages = documents.partner_languages(cur, [p.partner_id for p in proposals], CONTACT_ROLE)
     rows = [
         (
             run.id,
@@ -366,9 +369,7 @@ def contexts(
 ) -> dict[int, LetterContext | Exception]:
     """The template context of each letter (erpmail.templates.LetterContext), or the error
     that fails that letter alone."""
-    cur.execute(COMPANY, (run.company,))
-    *fields, company_language, company_currency = cur.fetchone()
-    company = Company(*fields)
+    company, company_language, company_currency = documents.load_company(cur, run.company)
     cur.execute(TEXTS, (run.company,))
     texts = {(lv, lang): LetterTexts(s, i, c) for lv, lang, s, i, c in cur.fetchall()}
     cur.execute(LETTER_LINES, (list(letter_ids),))
@@ -407,6 +408,7 @@ DUNNING = DocumentKind(
     kind=KIND,
     document=DOCUMENT,
     contact_role=CONTACT_ROLE,
+    prepare=prepare,
     generate=generate,
     contexts=contexts,
     sends_email=sends_email,

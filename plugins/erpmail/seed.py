@@ -1,5 +1,6 @@
 """Deterministic demo and test data: one company, customers and suppliers in de/en/nl,
-open items over due dates and currencies, dunning levels 1 to 3 with their texts.
+open items over due dates and currencies, dunning levels 1 to 3 with their texts, and two
+executed payment runs over the open items.
 
 The same ``seed`` and ``as_of`` give the same rows, so tests can compute expectations.
 """
@@ -40,6 +41,23 @@ INSERT INTO erp.projects (number, subproject, phase, name, partner_id) VALUES %s
 ON CONFLICT DO NOTHING"""
 INSERT_CASES = "INSERT INTO erp.cases (number, subject, partner_id) VALUES %s"
 NEXT_PARTNER_NUMBER = "SELECT count(*) FROM erp.partners WHERE company = %s"
+PAYABLES = """
+SELECT o.id, o.partner_id, o.doc_number, o.doc_date, o.open_amount, o.currency
+  FROM erp.open_items o JOIN erp.partners p ON p.id = o.partner_id
+ WHERE p.company = %s AND o.side = 'payable' AND o.open_amount > 0 AND NOT o.disputed
+ ORDER BY p.number, o.doc_number"""
+REFUNDS = """
+SELECT o.id, o.partner_id, o.doc_number, o.doc_date, o.open_amount, o.currency
+  FROM erp.open_items o JOIN erp.partners p ON p.id = o.partner_id
+ WHERE p.company = %s AND o.side = 'receivable' AND o.doc_type = 'credit_note'
+   AND o.open_amount < 0
+ ORDER BY p.number, o.doc_number"""
+INSERT_PAYMENT_RUN = """
+INSERT INTO erp.payment_runs (company, number, payment_date, status) VALUES (%s, %s, %s, %s)
+ON CONFLICT (company, number) DO NOTHING RETURNING id"""
+INSERT_PAYMENT_LINES = """
+INSERT INTO erp.payment_lines (payment_run_id, partner_id, open_item_id, doc_number, doc_date,
+    gross_amount, discount, fees, paid_amount, currency) VALUES %s"""
 
 LEVELS = [  # level, days overdue, minimum amount, fee
     (1, 7, Decimal("5.00"), Decimal("0.00")),
@@ -148,6 +166,10 @@ NAMES = {
         ["administratie", "boekhouding", "info"],
     ),
 }
+ZERO = Decimal("0.00")
+DISCOUNT_DAYS = 14
+DISCOUNT_RATE = Decimal("0.02")
+FOREIGN_FEE = Decimal("7.50")
 CH_CITIES = [("8001", "Zürich"), ("3011", "Bern"), ("4051", "Basel")]
 GROUPS = ["retail", "wholesale", "public", "export"]
 
@@ -278,7 +300,8 @@ def seed(
     as_of: date | None = None,
     company: str = COMPANY,
 ) -> dict[str, int]:
-    """Insert ``partners`` partners with contacts and open items, deterministically; commit.
+    """Insert ``partners`` partners with contacts and open items, then the payment runs
+    (``seed_payment_runs``), deterministically; commit.
 
     Items are dated relative to ``as_of`` (default today). Returns counts per table.
     """
@@ -311,11 +334,78 @@ def seed(
             for c in range(min(20, len(ids)))
         ]
         execute_values(cur, INSERT_CASES, cases)
-    conn.commit()
+    # last, with its own random stream: the rows above stay as they were before payment runs
+    payment_lines = seed_payment_runs(conn, company=company, as_of=as_of, seed=seed)
     return {
         "partners": len(rows),
         "contacts": len(contacts),
         "open_items": len(items),
         "projects": len(projects),
         "cases": len(cases),
+        "payment_lines": sum(payment_lines.values()),
     }
+
+
+def payment_run_numbers(as_of: date) -> list[str]:
+    """The numbers of the two payment runs seeded as of ``as_of``."""
+    return [f"P{as_of:%Y%m%d}-1", f"P{as_of:%Y%m%d}-2"]
+
+
+def seed_payment_runs(
+    conn: psycopg2.extensions.connection,
+    *,
+    company: str = COMPANY,
+    as_of: date | None = None,
+    seed: int = 1,
+) -> dict[str, int]:
+    """Two executed payment runs over the company's open items, deterministically; commit.
+
+    ``P<as_of>-1`` pays suppliers' open invoices (2% discount when issued within 14 days of
+    the payment, a bank fee on non-EUR payments) and refunds customers' open credit notes;
+    ``P<as_of>-2`` pays some other open invoices, partly of the same suppliers. Returns the
+    number of lines per run number; a second call adds nothing.
+    """
+    rng = random.Random(seed)
+    as_of = as_of or date.today()
+    counts: dict[str, int] = {}
+    with conn.cursor() as cur:
+        cur.execute(PAYABLES, (company,))
+        payables = cur.fetchall()
+        cur.execute(REFUNDS, (company,))
+        refunds = cur.fetchall()
+        first: list[tuple] = []
+        second: list[tuple] = []
+        fee_charged: set[tuple[int, int, str]] = set()  # one bank fee per payment
+        for item_id, partner_id, number, doc_date, open_amount, currency in payables:
+            roll = rng.random()
+            if roll < 0.35:
+                continue  # not due for payment yet
+            run_index = 0 if roll < 0.85 else 1
+            discount = ZERO
+            if (as_of - doc_date).days <= DISCOUNT_DAYS:
+                discount = (open_amount * DISCOUNT_RATE).quantize(Decimal("0.01"))
+            fees = ZERO
+            if currency != "EUR" and (run_index, partner_id, currency) not in fee_charged:
+                fee_charged.add((run_index, partner_id, currency))
+                fees = FOREIGN_FEE
+            paid = open_amount - discount - fees
+            line = (partner_id, item_id, number, doc_date, open_amount, discount, fees, paid)
+            (first, second)[run_index].append((*line, currency))
+        for item_id, partner_id, number, doc_date, open_amount, currency in refunds:
+            if rng.random() < 0.5:
+                refund = -open_amount
+                first.append(
+                    (partner_id, item_id, number, doc_date, refund, ZERO, ZERO, refund, currency)
+                )
+        for run_number, lines in zip(payment_run_numbers(as_of), (first, second), strict=True):
+            cur.execute(INSERT_PAYMENT_RUN, (company, run_number, as_of, "executed"))
+            row = cur.fetchone()
+            if row is None:
+                counts[run_number] = 0
+                continue
+            execute_values(
+                cur, INSERT_PAYMENT_LINES, [(row[0], *line) for line in lines], page_size=1000
+            )
+            counts[run_number] = len(lines)
+    conn.commit()
+    return counts

@@ -25,19 +25,20 @@ the reason.
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 import psycopg2.extensions
+from email_validator import EmailNotValidError, validate_email
 from psycopg2.extras import Json, execute_values
 
-from erpmail.documents import DocumentKind, Run
-from erpmail.templates import Company, LetterContext, LetterItem, LetterTexts, Partner
+from erpmail import documents
+from erpmail.documents import DocumentKind, Run, RunRequest
+from erpmail.templates import Company, LetterContext, LetterItem, Partner
 
 BALANCE_KIND = "balance_confirmation"
 ADVICE_KIND = "payment_advice"
@@ -68,18 +69,6 @@ SELECT o.id, o.partner_id, o.side, o.doc_type, o.doc_number, o.doc_date, o.due_d
    AND (%(partner_from)s::text IS NULL OR p.number >= %(partner_from)s)
    AND (%(partner_to)s::text IS NULL OR p.number <= %(partner_to)s)
  ORDER BY p.number, o.side DESC, o.currency, o.due_date, o.doc_number, o.id"""
-# Correspondence language: the accounting contact's, else the partner's, else the company's.
-PARTNER_LANGUAGES = """
-SELECT p.id, coalesce(
-         (SELECT c.language FROM erp.contacts c
-           WHERE c.partner_id = p.id AND c.role = %(role)s AND c.email IS NOT NULL
-           ORDER BY c.id LIMIT 1),
-         p.language, co.language)
-  FROM erp.partners p JOIN erp.companies co ON co.code = p.company
- WHERE p.id = ANY(%(ids)s)"""
-COMPANY = """
-SELECT code, name, street, postcode, city, country, email, phone, iban, language, currency
-  FROM erp.companies WHERE code = %s"""
 INSERT_LETTERS = """
 INSERT INTO erp.letters (run_id, partner_id, document, language, totals, status, error)
 VALUES %s
@@ -241,23 +230,34 @@ def select_confirmations(
     return out
 
 
-def _languages(cur: psycopg2.extensions.cursor, partner_ids: list[int]) -> dict[int, str]:
-    cur.execute(PARTNER_LANGUAGES, {"role": CONTACT_ROLE, "ids": partner_ids})
-    return dict(cur.fetchall())
-
-
-def _company(cur: psycopg2.extensions.cursor, code: str) -> tuple[Company, str, str]:
-    """The company as letterhead, its language and its currency."""
-    cur.execute(COMPANY, (code,))
-    row = cur.fetchone()
-    if row is None:
-        raise LookupError(f"company {code!r} not found in erp.companies")
-    *fields, language, currency = row
-    return Company(*fields), language, currency
-
-
 def _money_json(amounts: dict[str, Decimal]) -> Json:
     return Json({currency: str(amount) for currency, amount in amounts.items()})
+
+
+def prepare_confirmation(cur: psycopg2.extensions.cursor, form: Mapping[str, Any]) -> RunRequest:
+    """The ``balance_confirmation`` form as a run: key date, side, partner range, minimum,
+    zero balances, and the reply address (normalised; empty: the company's e-mail)."""
+    low, high = documents.partner_range(form)
+    reply = form.get("reply_address") or None
+    if reply:
+        try:
+            reply = validate_email(reply, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise ValueError(f"param 'reply_address' {reply!r}: {exc}") from exc
+    side = form.get("side", "both")
+    if side not in SIDES:
+        raise ValueError(f"side {side!r} is not one of {sorted(SIDES)} (param 'side')")
+    return RunRequest(
+        key_date=documents.form_date(form, "key_date"),
+        params={
+            "side": side,
+            "partner_from": low,
+            "partner_to": high,
+            "min_abs_balance": str(form.get("min_abs_balance") or "0"),
+            "include_zero": bool(form.get("include_zero")),
+            "reply_address": reply,
+        },
+    )
 
 
 def generate_confirmations(cur: psycopg2.extensions.cursor, run: Run) -> int:
@@ -278,7 +278,9 @@ def generate_confirmations(cur: psycopg2.extensions.cursor, run: Run) -> int:
     )
     if not confirmations:
         return 0
-    languages = _languages(cur, [c.partner_id for c in confirmations])
+    languages = documents.partner_languages(
+        cur, [c.partner_id for c in confirmations], CONTACT_ROLE
+    )
     rows = [
         (
             run.id,
@@ -309,13 +311,29 @@ def generate_confirmations(cur: psycopg2.extensions.cursor, run: Run) -> int:
     return len(inserted)
 
 
-def _partner(values: Sequence[Any], language: str) -> Partner:
-    return Partner(*values, language=language)
-
-
-def _texts() -> LetterTexts:
-    # The texts of these documents live in their templates (texts.txt per language).
-    return LetterTexts(subject="", intro="", closing="")
+def _letter(
+    document: str,
+    run: Run,
+    company: Company,
+    partner: Sequence[Any],
+    language: str,
+    items: Sequence[LetterItem],
+    reference: str,
+    extra: dict[str, Any],
+) -> LetterContext:
+    """A statement's letter context; its texts live in its templates (texts.txt per language)."""
+    return LetterContext(
+        document=document,
+        company=company,
+        partner=Partner(*partner, language=language),
+        key_date=run.key_date,
+        items=items,
+        texts=None,
+        reference=reference,
+        sender=company.email,
+        sender_name=company.name,
+        extra=extra,
+    )
 
 
 def confirmation_contexts(
@@ -324,8 +342,9 @@ def confirmation_contexts(
     """Each balance confirmation's ``LetterContext``: items signed from our books (payables
     negative), ``totals`` = the balance per currency; ``extra``: ``sides`` (per side its items
     and open totals as the ledger shows them), ``balance``, ``ledger`` (per currency the
-    receivable and payable totals and the balance), ``reply_address``, ``link``."""
-    company, _, company_currency = _company(cur, run.company)
+    receivable and payable totals and the balance), ``reply_address`` (printed, and the
+    mail's Reply-To), ``link``."""
+    company, _, company_currency = documents.load_company(cur, run.company)
     params = run.params or {}
     reply_address = params.get("reply_address") or company.email or ""
     cur.execute(BALANCE_LINES, (list(letter_ids),))
@@ -374,17 +393,15 @@ def confirmation_contexts(
             for currency, amount in side["totals"].items():
                 ledger[currency][side["side"]] += amount
         number = partner[1]
-        out[letter_id] = LetterContext(
-            document=BALANCE_KIND,
-            company=company,
-            partner=_partner(partner, language),
-            key_date=run.key_date,
-            items=[item for _, item, _ in own],
-            texts=_texts(),
-            reference=f"{run.id}-{number}",
-            sender=company.email,
-            sender_name=company.name,
-            extra={
+        out[letter_id] = _letter(
+            BALANCE_KIND,
+            run,
+            company,
+            partner,
+            language,
+            [item for _, item, _ in own],
+            f"{run.id}-{number}",
+            {
                 "letter_id": letter_id,
                 "sides": sides,
                 "balance": balance,
@@ -405,6 +422,7 @@ BALANCE_CONFIRMATION = DocumentKind(
     kind=BALANCE_KIND,
     document=BALANCE_KIND,
     contact_role=CONTACT_ROLE,
+    prepare=prepare_confirmation,
     generate=generate_confirmations,
     contexts=confirmation_contexts,
     sends_email=always_email,
@@ -448,6 +466,15 @@ def load_payment_run(
     return payment_run
 
 
+def prepare_advice(cur: psycopg2.extensions.cursor, form: Mapping[str, Any]) -> RunRequest:
+    """The ``payment_advice`` form as a run: the payment run (executed, or any but a cancelled
+    one for a dry run) and its payment date as the key date."""
+    payment_run = load_payment_run(
+        cur, form["company"], form.get("payment_run") or "", dry_run=bool(form.get("dry_run"))
+    )
+    return RunRequest(key_date=payment_run.payment_date, params={"payment_run": payment_run.number})
+
+
 def generate_advice(cur: psycopg2.extensions.cursor, run: Run) -> int:
     """Write one payment advice per payee of the run's payment run (``generated``, or
     ``failed`` when its payment in a currency is not positive); how many were written."""
@@ -462,7 +489,7 @@ def generate_advice(cur: psycopg2.extensions.cursor, run: Run) -> int:
         per_payee[partner_id].append((line_id, paid, currency))
     if not per_payee:
         return 0
-    languages = _languages(cur, list(per_payee))
+    languages = documents.partner_languages(cur, list(per_payee), CONTACT_ROLE)
     rows = []
     for partner_id, lines in per_payee.items():
         totals: dict[str, Decimal] = defaultdict(lambda: ZERO)
@@ -504,7 +531,7 @@ def advice_contexts(
     gross, ``open_amount`` the paid amount), ``totals`` = the payment per currency; ``extra``:
     ``lines`` (with discount and fees), ``payments`` (per currency gross, discount, fees,
     paid), ``payment_run``, ``payment_date``, ``has_deductions``, ``link``."""
-    company, _, _ = _company(cur, run.company)
+    company, _, _ = documents.load_company(cur, run.company)
     params = run.params or {}
     cur.execute(ADVICE_LINES, (list(letter_ids),))
     lines: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -556,17 +583,15 @@ def advice_contexts(
             )
             for key in sums:
                 sums[key] += line[key]
-        out[letter_id] = LetterContext(
-            document=ADVICE_KIND,
-            company=company,
-            partner=_partner(partner, language),
-            key_date=run.key_date,
-            items=[line["item"] for line in own],
-            texts=_texts(),
-            reference=f"{params.get('payment_run', '')}-{partner[1]}",
-            sender=company.email,
-            sender_name=company.name,
-            extra={
+        out[letter_id] = _letter(
+            ADVICE_KIND,
+            run,
+            company,
+            partner,
+            language,
+            [line["item"] for line in own],
+            f"{params.get('payment_run', '')}-{partner[1]}",
+            {
                 "letter_id": letter_id,
                 "lines": own,
                 "payments": dict(sorted(payments.items())),
@@ -583,103 +608,8 @@ PAYMENT_ADVICE = DocumentKind(
     kind=ADVICE_KIND,
     document=ADVICE_KIND,
     contact_role=CONTACT_ROLE,
+    prepare=prepare_advice,
     generate=generate_advice,
     contexts=advice_contexts,
     sends_email=always_email,
 )
-
-
-# --- seed -----------------------------------------------------------------------------
-
-SEED_PAYABLES = """
-SELECT o.id, o.partner_id, o.doc_number, o.doc_date, o.open_amount, o.currency
-  FROM erp.open_items o JOIN erp.partners p ON p.id = o.partner_id
- WHERE p.company = %s AND o.side = 'payable' AND o.open_amount > 0 AND NOT o.disputed
- ORDER BY p.number, o.doc_number"""
-SEED_REFUNDS = """
-SELECT o.id, o.partner_id, o.doc_number, o.doc_date, o.open_amount, o.currency
-  FROM erp.open_items o JOIN erp.partners p ON p.id = o.partner_id
- WHERE p.company = %s AND o.side = 'receivable' AND o.doc_type = 'credit_note'
-   AND o.open_amount < 0
- ORDER BY p.number, o.doc_number"""
-INSERT_PAYMENT_RUN = """
-INSERT INTO erp.payment_runs (company, number, payment_date, status) VALUES (%s, %s, %s, %s)
-ON CONFLICT (company, number) DO NOTHING RETURNING id"""
-INSERT_PAYMENT_LINES = """
-INSERT INTO erp.payment_lines (payment_run_id, partner_id, open_item_id, doc_number, doc_date,
-    gross_amount, discount, fees, paid_amount, currency) VALUES %s"""
-DISCOUNT_DAYS = 14
-DISCOUNT_RATE = Decimal("0.02")
-FOREIGN_FEE = Decimal("7.50")
-
-
-def seed_payment_runs(
-    conn: psycopg2.extensions.connection,
-    *,
-    company: str = "DEMO",
-    as_of: date | None = None,
-    seed: int = 1,
-) -> dict[str, int]:
-    """Two executed payment runs over the seeded open items, deterministically; commit.
-
-    ``P<as_of>-1`` pays suppliers' open invoices (2% discount when issued within 14 days of
-    the payment, a bank fee on non-EUR payments) and refunds customers' open credit notes;
-    ``P<as_of>-2`` pays some other open invoices, partly of the same suppliers. Returns the
-    number of lines per run number; a second call adds nothing.
-    """
-    rng = random.Random(seed)
-    as_of = as_of or date.today()
-    numbers = [f"P{as_of:%Y%m%d}-1", f"P{as_of:%Y%m%d}-2"]
-    counts: dict[str, int] = {}
-    with conn.cursor() as cur:
-        cur.execute(SEED_PAYABLES, (company,))
-        payables = cur.fetchall()
-        cur.execute(SEED_REFUNDS, (company,))
-        refunds = cur.fetchall()
-        first: list[tuple] = []
-        second: list[tuple] = []
-        fee_charged: set[tuple[int, int, str]] = set()  # one bank fee per payment
-        for item_id, partner_id, number, doc_date, open_amount, currency in payables:
-            roll = rng.random()
-            if roll < 0.35:
-                continue  # not due for payment yet
-            run_index = 0 if roll < 0.85 else 1
-            target = (first, second)[run_index]
-            discount = ZERO
-            if (as_of - doc_date).days <= DISCOUNT_DAYS:
-                discount = (open_amount * DISCOUNT_RATE).quantize(Decimal("0.01"))
-            fees = ZERO
-            if currency != "EUR" and (run_index, partner_id, currency) not in fee_charged:
-                fee_charged.add((run_index, partner_id, currency))
-                fees = FOREIGN_FEE
-            target.append(
-                (
-                    partner_id,
-                    item_id,
-                    number,
-                    doc_date,
-                    open_amount,
-                    discount,
-                    fees,
-                    open_amount - discount - fees,
-                    currency,
-                )
-            )
-        for item_id, partner_id, number, doc_date, open_amount, currency in refunds:
-            if rng.random() < 0.5:
-                refund = -open_amount
-                first.append(
-                    (partner_id, item_id, number, doc_date, refund, ZERO, ZERO, refund, currency)
-                )
-        for run_number, lines in zip(numbers, (first, second), strict=True):
-            cur.execute(INSERT_PAYMENT_RUN, (company, run_number, as_of, "executed"))
-            row = cur.fetchone()
-            if row is None:
-                counts[run_number] = 0
-                continue
-            execute_values(
-                cur, INSERT_PAYMENT_LINES, [(row[0], *line) for line in lines], page_size=1000
-            )
-            counts[run_number] = len(lines)
-    conn.commit()
-    return counts

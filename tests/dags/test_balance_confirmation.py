@@ -22,6 +22,7 @@ from tests import mailcorpus
 from tests.test_statements import _hand_balances, _open, _partner
 
 SENDER = "buchhaltung@muster-handels.example.com"
+REPLY = "saldenbestaetigung@muster-handels.example.com"
 TODAY = pendulum.today("Europe/Berlin").date()
 CONF = {
     "key_date": TODAY.isoformat(),
@@ -29,6 +30,7 @@ CONF = {
     "side": "both",
     "partner_from": "000001",
     "partner_to": "000012",
+    "reply_address": REPLY,
     "note": "test",
 }
 LETTERS = """
@@ -139,10 +141,11 @@ def test_balance_confirmation_end_to_end_rerun_and_zero_balances(setup) -> None:
         letter = by_key[outbox[message["Message-ID"]]]
         assert mail.rcpt_tos == [letter[4]]
         assert f"relnr {letter[0]}" in message["Subject"]
+        assert message["Reply-To"] == REPLY  # the form's reply address, not the sender's
         (attachment,) = list(message.iter_attachments())
         assert attachment.get_content() == archive.read(letter[6])
     text = _text(archive.read(letters["000001"][6]))
-    for needle in ("HB1-R1", "HB1-CN", "HB1-P1", "HB1-CHF", "450,00 €", "250,50 CHF"):
+    for needle in ("HB1-R1", "HB1-CN", "HB1-P1", "HB1-CHF", "450,00 €", "250,50 CHF", REPLY):
         assert needle in text
     batch = _text(archive.read(summary["print_batch"])) if summary["print_batch"] else ""
     for number, row in letters.items():

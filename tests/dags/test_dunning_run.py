@@ -25,6 +25,7 @@ UPDATE erp.partners SET is_customer = true, dunning_block = false, email = %s,
        email_blocked = %s, language = 'de', country = 'DE'
  WHERE company = 'DEMO' AND number = %s RETURNING id"""
 CLEAR_PARTNER = """
+DELETE FROM erp.payment_lines WHERE partner_id = %(id)s;
 DELETE FROM erp.open_items WHERE partner_id = %(id)s;
 DELETE FROM erp.contacts WHERE partner_id = %(id)s"""
 ITEM = """

@@ -12,9 +12,10 @@ from email import policy
 import pendulum
 import pytest
 
-from erpmail import archive, db, statements
+from erpmail import archive, db
 from tests.dags.test_balance_confirmation import _dag, _rows, _text
 from tests.dags.test_balance_confirmation import setup as setup  # noqa: F401 - the fixture
+from tests.test_statements import seeded_payment_runs
 
 TODAY = pendulum.today("Europe/Berlin").date()
 LETTERS = """
@@ -39,8 +40,7 @@ DELETE FROM erp.payment_lines pl USING erp.payment_runs r, erp.partners p
 @pytest.fixture
 def payment_runs(setup):
     conn, server = setup
-    counts = statements.seed_payment_runs(conn, as_of=TODAY)
-    first, second = sorted(counts)
+    first, second = sorted(seeded_payment_runs(conn))
     lines = _rows(conn, LINES)
     in_second = {n for n, *_, run in lines if run == second}
     payees = sorted({n for n, *_, run in lines if run == first})
