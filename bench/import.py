@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--attachment-kb", type=int, default=0, help="a PDF of this size per mail")
+    parser.add_argument("--profile", action="store_true", help="cProfile the last import round")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -171,9 +172,20 @@ def main() -> None:
                 cur.execute("TRUNCATE mail.messages, mail.import_watermarks CASCADE")
             conn.commit()
             os.environ["ERPMAIL_ARCHIVE_URL"] = f"file://{tmp / f'archive{round_}'}"
+            profiler = None
+            if args.profile and round_ == args.rounds - 1:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
             started = time.perf_counter()
             summary = mailimport.import_location(location, fetch_chunk=args.chunk)
             import_times.append(time.perf_counter() - started)
+            if profiler is not None:
+                import pstats
+
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
             assert summary.new == len(mails) and summary.failed == 0, str(summary)
             print(
                 f"round {round_ + 1}: bare {len(mails) / seconds:7.0f} mails/s   "

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -80,7 +81,7 @@ def simple(n: int, **headers) -> bytes:
 
 @pytest.mark.parametrize("workers", [False, True], ids=["in-process", "worker-processes"])
 def test_sixty_varied_mails_stored_once_identical_and_linked(
-    seeded_db, mailbox, store, monkeypatch, workers
+    seeded_db, mailbox, store, monkeypatch, caplog, workers
 ):
     from erpmail import mailimport
 
@@ -95,6 +96,7 @@ def test_sixty_varied_mails_stored_once_identical_and_linked(
     summary = import_location(location)
 
     assert (summary.new, summary.duplicates, summary.failed, summary.malformed) == (60, 0, 0, 0)
+    assert "workers" not in caplog.text  # parsed where asked, no fallback
     stored = {
         uid: (mid, path, status)
         for mid, uid, path, status in rows(
@@ -154,6 +156,13 @@ def test_killed_between_commit_and_server_change_loses_and_doubles_nothing(
     crashed = subprocess.run([sys.executable, "-c", script], env=os.environ.copy(), check=False)
 
     assert crashed.returncode == 137
+    # nothing of the dead run lives on: its advisory lock went with its session
+    for _ in range(100):
+        held = rows(db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        if held == [(0,)]:
+            break
+        time.sleep(0.1)
+    assert held == [(0,)], "a worker of the killed run still holds its session"
     # the first batch is committed, but the server and the watermark were not touched
     assert rows(db, "SELECT count(*) FROM mail.messages") == [(5,)]
     assert all(b"\\Seen" not in flags for _, flags in server_state().values())

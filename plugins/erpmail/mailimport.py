@@ -11,11 +11,14 @@ means the next run meets the same mails again and the dedupe recognises them.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -43,6 +46,8 @@ PARSE_FROM_STORE_BYTES = 4 * 1024 * 1024  # above this, drop the fetched copy an
 POOL_MAIL_BYTES = PARSE_FROM_STORE_BYTES
 POOL_MIN_MAILS = 300  # below this many candidates, forking the workers costs more than it saves
 POOL_WORKERS = max(1, min(4, os.cpu_count() or 1))
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STORE_THREADS = 4
 PROGRESS_SECONDS = 5.0
 MSGID_HEADER = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
 MSGID_KEY = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"
@@ -463,7 +468,7 @@ class _Prepared:
     parsed: mailparse.ParsedMail
 
 
-def _prepare(uid: int, received: datetime | None, raw: bytes, keep_attachments: bool) -> _Prepared:
+def _prepare(raw: bytes, keep_attachments: bool) -> _Prepared:
     """Hash and parse one mail, attachments decoded (in a worker process, or here)."""
     parsed = mailparse.parse(raw)
     decoded = []
@@ -474,7 +479,7 @@ def _prepare(uid: int, received: datetime | None, raw: bytes, keep_attachments: 
         decoded.append(_Decoded(att.filename, att.content_type, data, att.size, att.sha256))
     parsed.attachments = decoded
     # the raw bytes are the caller's already: do not send them back through the pipe
-    return _Prepared(uid, received, b"", hashlib.sha256(raw).hexdigest(), parsed)
+    return _Prepared(0, None, b"", hashlib.sha256(raw).hexdigest(), parsed)
 
 
 def _start_pool(mails: int) -> Executor | None:
@@ -484,7 +489,12 @@ def _start_pool(mails: int) -> Executor | None:
     try:
         # fork: the workers inherit the loaded modules; they start here, before this run
         # starts its IMAP thread, so no lock can be copied held
-        pool = ProcessPoolExecutor(POOL_WORKERS, mp_context=multiprocessing.get_context("fork"))
+        pool = ProcessPoolExecutor(
+            POOL_WORKERS,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_start,
+            initargs=(os.getpid(),),
+        )
         pool.submit(int).result()
     except Exception:  # e.g. inside a daemonic worker that may not have children
         log.warning("no worker processes for parsing; parsing in this process", exc_info=True)
@@ -492,10 +502,28 @@ def _start_pool(mails: int) -> Executor | None:
     return pool
 
 
+def _worker_start(parent: int) -> None:
+    """Die with the run: a forked worker holds copies of the run's sockets, among them the
+    PostgreSQL session with the location's advisory lock; an orphan would keep it forever."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: watch the parent instead
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the run died before the line above took effect
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _prepare_all(
     pool: Executor | None, mails: list[tuple[_Candidate, bytes]], keep: bool
 ) -> list[_Prepared]:
-    args = [(c.uid, c.internal_date, raw, keep) for c, raw in mails]
+    args = [(raw, keep) for _, raw in mails]
     prepared = None
     if pool is not None:
         try:
@@ -506,8 +534,8 @@ def _prepare_all(
             log.warning("parsing workers failed; parsing this chunk in process", exc_info=True)
     if prepared is None:
         prepared = [_prepare(*a) for a in args]
-    for item, (_, raw) in zip(prepared, mails, strict=True):
-        item.raw = raw
+    for item, (cand, raw) in zip(prepared, mails, strict=True):
+        item.uid, item.received, item.raw = cand.uid, cand.internal_date, raw
     return prepared
 
 
@@ -614,20 +642,19 @@ def _store_chunk(
         location.link_keywords,
     )
     written: list[str] = []
-    rows, files = [], {}
+    rows, files, writes = [], {}, []
     try:
         for mail, links in zip(fresh, found, strict=True):
             parsed = mail.parsed
             key = eml_key(location, mail.sha, mail.received)
-            archive.store(key, mail.raw)
-            written.append(key)
+            writes.append((key, mail.raw))
             folder = key.removesuffix(".eml")
             paths = []
             for att in parsed.attachments:
                 path = None
                 if location.store_attachments:
-                    path = archive.store(f"{folder}/{att.filename}", att.data)
-                    written.append(path)
+                    path = f"{folder}/{att.filename}"
+                    writes.append((path, att.data))
                 paths.append(path)
             files[key] = (mail, links, paths)
             status = "malformed" if parsed.malformed else ("linked" if links else "unlinked")
@@ -655,6 +682,11 @@ def _store_chunk(
                     status,
                 )
             )
+        # creating files is slow on a busy disk and releases the GIL: several at once
+        written.extend(key for key, _ in writes)
+        with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store") as writer:
+            for _ in writer.map(lambda item: archive.store(*item), writes):
+                pass
         inserted = execute_values(
             cur,
             INSERT_MESSAGES,
