@@ -28,7 +28,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param
+
+from erpmail.operators.document_run import (
+    company_param,
+    document_tasks,
+    run_option_params,
+)
 
 with DAG(
     dag_id="payment_advice",
@@ -46,104 +52,8 @@ with DAG(
             title="Payment run",
             description="Number of the executed payment run (erp.payment_runs.number).",
         ),
-        "company": Param(
-            "DEMO",
-            type="string",
-            pattern="^[A-Z0-9_]{1,20}$",
-            title="Company",
-            description="Company code (erp.companies) of the payment run.",
-        ),
-        "dry_run": Param(
-            False,
-            type="boolean",
-            title="Dry run",
-            description="Generate and render for review only: nothing archived, nothing queued.",
-        ),
-        "note": Param(
-            "",
-            type="string",
-            maxLength=500,
-            title="Note",
-            description="Free text kept on the run and in its summary.",
-        ),
+        "company": company_param("Company code (erp.companies) of the payment run."),
+        **run_option_params(),
     },
 ):
-
-    @task(retries=0)
-    def start() -> int:
-        """Check the payment run and create (or resume) the run; its id."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from erpmail import db, documents, statements
-
-        context = get_current_context()
-        params = context["params"]
-        try:
-            with db.transaction() as cur:
-                payment_run = statements.load_payment_run(
-                    cur, params["company"], params["payment_run"], dry_run=params["dry_run"]
-                )
-            return documents.create_run(
-                kind="payment_advice",
-                airflow_run_id=context["dag_run"].run_id,
-                company=params["company"],
-                key_date=payment_run.payment_date,
-                dry_run=params["dry_run"],
-                params={"payment_run": payment_run.number},
-                note=params["note"],
-            )
-        except ValueError as exc:
-            raise AirflowFailException(str(exc)) from exc
-
-    @task
-    def generate(erp_run: int) -> int:
-        """Letters and their payment lines for the run (once); how many the run has."""
-        from erpmail import documents
-        from erpmail.statements import PAYMENT_ADVICE
-
-        return documents.generate(erp_run, PAYMENT_ADVICE)
-
-    @task
-    def plan(erp_run: int, letters: int) -> list[int]:
-        """The run's batch numbers (at most documents.MAX_BATCHES)."""
-        from erpmail import documents
-
-        return documents.plan_batches(erp_run)
-
-    @task
-    def render(erp_run: int, batch: int) -> dict[str, int]:
-        """Render and archive one batch of letters."""
-        from erpmail import documents
-        from erpmail.statements import PAYMENT_ADVICE
-
-        return documents.render_batch(erp_run, batch, PAYMENT_ADVICE)
-
-    @task
-    def route(erp_run: int, batch: int) -> dict[str, int]:
-        """Queue the batch's mail or mark its letters for paper."""
-        from erpmail import documents
-        from erpmail.statements import PAYMENT_ADVICE
-
-        return documents.route_batch(erp_run, batch, PAYMENT_ADVICE)
-
-    @task
-    def print_batch(erp_run: int) -> str | None:
-        """All paper letters in one archived PDF."""
-        from erpmail import documents
-        from erpmail.statements import ADVICE_KIND
-
-        return documents.print_batch(erp_run, ADVICE_KIND)
-
-    @task
-    def summary(erp_run: int) -> dict:
-        """The run's summary, stored and logged."""
-        from erpmail import documents
-
-        return documents.summarize(erp_run)
-
-    run = start()
-    batches = plan(run, generate(run))
-    rendered = render.partial(erp_run=run).expand(batch=batches)
-    routed = route.partial(erp_run=run).expand(batch=batches)
-    printed = print_batch(run)
-    rendered >> routed >> printed >> summary(run)
+    document_tasks("payment_advice")

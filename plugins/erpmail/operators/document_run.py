@@ -1,0 +1,131 @@
+"""The tasks of a document run, shared by every DAG that sends documents (dunning, balance
+confirmations, payment advice): ``start`` -> ``generate`` -> ``plan`` -> ``render`` and
+``route`` (mapped per batch) -> ``print_batch`` -> ``summary``, each over ``erpmail.documents``.
+
+The DAG file names its kind; the kind (and the template, PDF and mail code behind it) is
+looked up inside the tasks, so parsing a DAG file stays cheap. Tasks pass run and batch ids
+only, and the mapped tasks grow with the number of batches, never with the letters. The
+form fields every document run reads the same way (company, partner range, dry run, note)
+are defined here too, next to the task that reads them.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, get_current_context, task
+
+PARTNER_NUMBER = "^[0-9A-Za-z_-]{0,20}$"
+
+
+def company_param(description: str) -> Param:
+    """The ``company`` field (erp.companies.code), default the demo company."""
+    return Param(
+        "DEMO", type="string", pattern="^[A-Z0-9_]{1,20}$", title="Company", description=description
+    )
+
+
+def partner_range_params() -> dict[str, Param]:
+    """``partner_from`` and ``partner_to``; from after to is refused by ``start``."""
+    return {
+        "partner_from": Param(
+            "",
+            type="string",
+            pattern=PARTNER_NUMBER,
+            title="Partner number from",
+            description="First partner number (inclusive, compared as text); empty: from the first.",
+        ),
+        "partner_to": Param(
+            "",
+            type="string",
+            pattern=PARTNER_NUMBER,
+            title="Partner number to",
+            description="Last partner number (inclusive); empty: to the last. Must not be before "
+            "'from' (checked by the first task).",
+        ),
+    }
+
+
+def run_option_params() -> dict[str, Param]:
+    """``dry_run`` and ``note``, the last fields of every document run's form."""
+    return {
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Generate and render for review only: nothing archived, nothing queued.",
+        ),
+        "note": Param(
+            "",
+            type="string",
+            maxLength=500,
+            title="Note",
+            description="Free text kept on the run and in its summary.",
+        ),
+    }
+
+
+def document_tasks(kind: str) -> None:
+    """Add the document run's tasks for ``kind`` (a name in ``erpmail.documents.KINDS``) to
+    the DAG being defined; the DAG's params are the form the kind's ``prepare`` reads."""
+
+    @task(retries=0)
+    def start() -> int:
+        """Check the form across fields and create (or resume) the run; its id."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from erpmail import documents
+
+        context = get_current_context()
+        try:
+            return documents.start_run(
+                documents.kind_named(kind), context["dag_run"].run_id, context["params"]
+            )
+        except ValueError as exc:  # a form that does not fit: retrying will not help
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def generate(erp_run: int) -> int:
+        """Letters and their items for the run (once); how many the run has."""
+        from erpmail import documents
+
+        return documents.generate(erp_run, documents.kind_named(kind))
+
+    @task
+    def plan(erp_run: int, letters: int) -> list[int]:
+        """The run's batch numbers (at most documents.MAX_BATCHES)."""
+        from erpmail import documents
+
+        return documents.plan_batches(erp_run)
+
+    @task
+    def render(erp_run: int, batch: int) -> dict[str, int]:
+        """Render and archive one batch of letters."""
+        from erpmail import documents
+
+        return documents.render_batch(erp_run, batch, documents.kind_named(kind))
+
+    @task
+    def route(erp_run: int, batch: int) -> dict[str, int]:
+        """Queue the batch's mail or mark its letters for paper."""
+        from erpmail import documents
+
+        return documents.route_batch(erp_run, batch, documents.kind_named(kind))
+
+    @task
+    def print_batch(erp_run: int) -> str | None:
+        """All paper letters in one archived PDF."""
+        from erpmail import documents
+
+        return documents.print_batch(erp_run, documents.kind_named(kind).document)
+
+    @task
+    def summary(erp_run: int) -> dict:
+        """The run's summary, stored and logged."""
+        from erpmail import documents
+
+        return documents.summarize(erp_run)
+
+    run = start()
+    batches = plan(run, generate(run))
+    rendered = render.partial(erp_run=run).expand(batch=batches)
+    routed = route.partial(erp_run=run).expand(batch=batches)
+    rendered >> routed >> print_batch(run) >> summary(run)
