@@ -32,7 +32,7 @@ from psycopg2.extras import Json, execute_values
 from erpmail import archive, db
 
 if TYPE_CHECKING:  # templates pulls in babel: imported where a letter is rendered
-    from erpmail.templates import Company
+    from erpmail.templates import Company, Partner
 
 PROGRESS_SECONDS = 5.0
 # Batches per run: mapped render + route tasks stay at 2 x this (the DAG has 4 more tasks).
@@ -56,6 +56,12 @@ COMPANY_EXISTS = "SELECT 1 FROM erp.companies WHERE code = %s"
 COMPANY = """
 SELECT code, name, street, postcode, city, country, email, phone, iban, language, currency
   FROM erp.companies WHERE code = %s"""
+# Each letter with its addressee, for the letter contexts of every kind.
+LETTER_HEADS = """
+SELECT l.id, l.language, l.level, l.fee, l.fee_currency, l.totals,
+       p.id, p.number, p.name, p.street, p.postcode, p.city, p.country, p.email
+  FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
+ WHERE l.id = ANY(%s)"""
 # Correspondence language: the kind's contact's (one with an address), else the partner's,
 # else the company's.
 PARTNER_LANGUAGES = """
@@ -207,6 +213,19 @@ def kind_named(name: str) -> DocumentKind:
 
 
 @dataclass(frozen=True)
+class LetterHead:
+    """A stored letter as its context starts: its row's values and the addressee."""
+
+    letter_id: int
+    language: str
+    level: int | None
+    fee: Decimal | None
+    fee_currency: str | None
+    totals: dict[str, str]
+    partner: Partner  # templates.Partner, in the letter's language
+
+
+@dataclass(frozen=True)
 class Route:
     """Where a letter goes: an address, or paper with the reason (erp.letters.paper_reason)."""
 
@@ -286,6 +305,25 @@ def form_date(form: Mapping[str, Any], name: str) -> date:
         return date.fromisoformat(str(form[name]))
     except (KeyError, ValueError) as exc:
         raise ValueError(f"param {name!r}: {form.get(name)!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def letter_heads(cur: psycopg2.extensions.cursor, letter_ids: Sequence[int]) -> list[LetterHead]:
+    """The letters with these ids (those that exist), each with its addressee."""
+    from erpmail.templates import Partner
+
+    cur.execute(LETTER_HEADS, (list(letter_ids),))
+    return [
+        LetterHead(
+            letter_id,
+            language,
+            level,
+            fee,
+            fee_currency,
+            totals or {},
+            Partner(*partner, language=language),
+        )
+        for letter_id, language, level, fee, fee_currency, totals, *partner in cur.fetchall()
+    ]
 
 
 def partner_range(form: Mapping[str, Any]) -> tuple[str | None, str | None]:

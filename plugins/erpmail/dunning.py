@@ -42,7 +42,7 @@ from psycopg2.extras import Json, execute_values
 
 from erpmail import documents
 from erpmail.documents import DocumentKind, Run, RunRequest
-from erpmail.templates import LetterContext, LetterItem, LetterTexts, Partner
+from erpmail.templates import LetterContext, LetterItem, LetterTexts
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,6 @@ VALUES %s ON CONFLICT DO NOTHING"""
 # Serialises generation per company: two runs at once must not both see "no previous letter".
 COMPANY_LOCK = "SELECT pg_advisory_xact_lock(hashtext('erpmail.dunning:' || %s))"
 
-LETTER_HEADS = """
-SELECT l.id, l.level, l.language, l.fee, l.fee_currency,
-       p.id, p.number, p.name, p.street, p.postcode, p.city, p.country, p.email
-  FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
- WHERE l.id = ANY(%s)"""
 # Invoices by due date, then the credit notes netted against them.
 LETTER_LINES = """
 SELECT li.letter_id, o.doc_number, o.doc_type, o.doc_date, o.due_date, o.amount, li.amount,
@@ -376,9 +371,9 @@ def contexts(
     lines: dict[int, list[LetterItem]] = defaultdict(list)
     for letter_id, *values in cur.fetchall():
         lines[letter_id].append(LetterItem(*values))
-    cur.execute(LETTER_HEADS, (list(letter_ids),))
     out: dict[int, LetterContext | Exception] = {}
-    for letter_id, level, language, fee, fee_currency, *partner in cur.fetchall():
+    for head in documents.letter_heads(cur, letter_ids):
+        letter_id, level, language = head.letter_id, head.level, head.language
         text = texts.get((level, language)) or texts.get((level, company_language))
         if text is None:
             out[letter_id] = LookupError(
@@ -389,14 +384,14 @@ def contexts(
         out[letter_id] = LetterContext(
             document=DOCUMENT,
             company=company,
-            partner=Partner(*partner, language=language),
+            partner=head.partner,
             key_date=run.key_date,
             items=lines.get(letter_id, []),
             texts=text,
-            reference=f"{run.id}-{partner[1]}",
+            reference=f"{run.id}-{head.partner.number}",
             level=level,
-            fee=fee,
-            fee_currency=fee_currency or company_currency,
+            fee=head.fee,
+            fee_currency=head.fee_currency or company_currency,
             sender=company.email,
             sender_name=company.name,
             extra={"letter_id": letter_id},

@@ -77,11 +77,6 @@ RETURNING id, partner_id"""
 INSERT_LETTER_ITEMS = """
 INSERT INTO erp.letter_items (letter_id, open_item_id, days_overdue, amount, currency)
 VALUES %s ON CONFLICT DO NOTHING"""
-LETTER_HEADS = """
-SELECT l.id, l.language, l.totals,
-       p.id, p.number, p.name, p.street, p.postcode, p.city, p.country, p.email
-  FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
- WHERE l.id = ANY(%s)"""
 BALANCE_LINES = """
 SELECT li.letter_id, o.side, o.doc_number, o.doc_type, o.doc_date, o.due_date, o.amount,
        li.amount, li.currency, li.days_overdue
@@ -315,8 +310,7 @@ def _letter(
     document: str,
     run: Run,
     company: Company,
-    partner: Sequence[Any],
-    language: str,
+    partner: Partner,
     items: Sequence[LetterItem],
     reference: str,
     extra: dict[str, Any],
@@ -325,7 +319,7 @@ def _letter(
     return LetterContext(
         document=document,
         company=company,
-        partner=Partner(*partner, language=language),
+        partner=partner,
         key_date=run.key_date,
         items=items,
         texts=None,
@@ -366,9 +360,9 @@ def confirmation_contexts(
             number, doc_type, doc_date, due, sign * amount, sign * open_amount, currency, days
         )
         lines[letter_id].append((side, item, open_amount))
-    cur.execute(LETTER_HEADS, (list(letter_ids),))
     out: dict[int, LetterContext | Exception] = {}
-    for letter_id, language, totals, *partner in cur.fetchall():
+    for head in documents.letter_heads(cur, letter_ids):
+        letter_id, totals = head.letter_id, head.totals
         own = lines.get(letter_id, [])
         sides = []
         for side in ("receivable", "payable"):
@@ -392,13 +386,12 @@ def confirmation_contexts(
         for side in sides:
             for currency, amount in side["totals"].items():
                 ledger[currency][side["side"]] += amount
-        number = partner[1]
+        number = head.partner.number
         out[letter_id] = _letter(
             BALANCE_KIND,
             run,
             company,
-            partner,
-            language,
+            head.partner,
             [item for _, item, _ in own],
             f"{run.id}-{number}",
             {
@@ -569,9 +562,9 @@ def advice_contexts(
                 "currency": currency,
             }
         )
-    cur.execute(LETTER_HEADS, (list(letter_ids),))
     out: dict[int, LetterContext | Exception] = {}
-    for letter_id, language, _totals, *partner in cur.fetchall():
+    for head in documents.letter_heads(cur, letter_ids):
+        letter_id = head.letter_id
         own = lines.get(letter_id, [])
         if not own:
             out[letter_id] = LookupError("payment advice lists no payment line")
@@ -587,10 +580,9 @@ def advice_contexts(
             ADVICE_KIND,
             run,
             company,
-            partner,
-            language,
+            head.partner,
             [line["item"] for line in own],
-            f"{params.get('payment_run', '')}-{partner[1]}",
+            f"{params.get('payment_run', '')}-{head.partner.number}",
             {
                 "letter_id": letter_id,
                 "lines": own,
@@ -598,7 +590,7 @@ def advice_contexts(
                 "payment_run": params.get("payment_run", ""),
                 "payment_date": run.key_date,
                 "has_deductions": any(line["discount"] or line["fees"] for line in own),
-                "link": f"{LINK_KEYWORD} {partner[1]}",
+                "link": f"{LINK_KEYWORD} {head.partner.number}",
             },
         )
     return out

@@ -16,6 +16,7 @@ import pypdf
 import pytest
 
 from erpmail import accounts, archive, db
+from tests.test_statements import CLEAR_PARTNER
 
 SENDER = "buchhaltung@muster-handels.example.com"
 TODAY = pendulum.today("Europe/Berlin").date()
@@ -24,10 +25,6 @@ PARTNER = """
 UPDATE erp.partners SET is_customer = true, dunning_block = false, email = %s,
        email_blocked = %s, language = 'de', country = 'DE'
  WHERE company = 'DEMO' AND number = %s RETURNING id"""
-CLEAR_PARTNER = """
-DELETE FROM erp.payment_lines WHERE partner_id = %(id)s;
-DELETE FROM erp.open_items WHERE partner_id = %(id)s;
-DELETE FROM erp.contacts WHERE partner_id = %(id)s"""
 ITEM = """
 INSERT INTO erp.open_items (partner_id, doc_number, doc_type, doc_date, due_date, amount,
     open_amount, currency, dunning_block, disputed)
