@@ -390,18 +390,19 @@ def test_dry_run_for_scheduled_and_manual_runs():
 CHILD = """
 import logging, os, sys, time
 from datetime import date
-from erpmail import retention
+from erpmail import archive, retention
 logging.basicConfig(level=logging.INFO)
 pause_after = int(os.environ.get("PAUSE_AFTER", "0"))
-if pause_after:
-    real_remove, calls = retention._Store.remove, [0]
-    def remove(self, key):
-        calls[0] += 1
-        if calls[0] == pause_after:
-            open(os.environ["MARKER"], "w").close()
-            time.sleep(600)
-        return real_remove(self, key)
-    retention._Store.remove = remove
+if pause_after:  # archive.delete_many unlinks each file of a local store
+    real_unlink, calls, root = os.unlink, [0], str(archive.local_root())
+    def unlink(path, *args, **kwargs):
+        if str(path).startswith(root):
+            calls[0] += 1
+            if calls[0] == pause_after:
+                open(os.environ["MARKER"], "w").close()
+                time.sleep(600)
+        return real_unlink(path, *args, **kwargs)
+    os.unlink = unlink
 retention.run(dry_run=False, as_of=date.fromisoformat(sys.argv[1]), batch_size=int(sys.argv[2]),
               actor="child")
 """

@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from functools import lru_cache
+from itertools import groupby
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -23,6 +24,18 @@ from airflow.sdk import ObjectStoragePath
 from erpmail.db import VAR_DIR
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_GLOB = re.compile(r"[*?\[]")  # a bulk delete would expand these: such keys go one by one
+
+
+class DeleteError(Exception):
+    """Some keys could not be removed; the others were. ``done`` maps each removed (True) or
+    already-gone (False) key, ``errors`` each failed key to its exception."""
+
+    def __init__(self, done: dict[str, bool], errors: dict[str, Exception]):
+        first = next(iter(errors.items()))
+        super().__init__(f"{len(errors)} archive key(s) not removed, e.g. {first[0]}: {first[1]}")
+        self.done = done
+        self.errors = errors
 
 
 def _settings() -> tuple[str, str | None]:
@@ -162,3 +175,70 @@ def delete(key: str) -> bool:
         return False
     target.unlink()
     return True
+
+
+def delete_many(keys: Iterable[str]) -> dict[str, bool]:
+    """Remove the objects under ``keys``: each key -> True removed, False already gone.
+
+    The root is resolved once: a local store unlinks each file (``os.unlink``), another store
+    lists each folder once and hands the objects found to its file system's bulk delete. Every
+    key is tried; when some fail, ``DeleteError`` carries the results and the failures.
+    """
+    done: dict[str, bool] = {}
+    errors: dict[str, Exception] = {}
+    local = local_root()
+    if local is not None:
+        for key in dict.fromkeys(keys):
+            try:
+                os.unlink(local.joinpath(*_parts(key)))
+                done[key] = True
+            except FileNotFoundError:
+                done[key] = False
+            except (OSError, ValueError) as exc:
+                errors[key] = exc
+    else:
+        _delete_remote(list(dict.fromkeys(keys)), done, errors)
+    if errors:
+        raise DeleteError(done, errors)
+    return done
+
+
+def _delete_remote(keys: list[str], done: dict[str, bool], errors: dict[str, Exception]) -> None:
+    base = root()
+    fs, prefix = base.fs, str(base.path).rstrip("/")
+    paths: dict[str, str] = {}
+    for key in keys:
+        try:
+            paths[key] = fs._strip_protocol(f"{prefix}/{'/'.join(_parts(key))}")
+        except ValueError as exc:
+            errors[key] = exc
+    found: list[str] = []
+    by_folder = sorted(paths.items(), key=lambda item: item[1].rsplit("/", 1)[0])
+    for folder, group in groupby(by_folder, key=lambda item: item[1].rsplit("/", 1)[0]):
+        group = list(group)
+        try:
+            listed = {fs._strip_protocol(p) for p in fs.ls(folder, detail=False)}
+        except FileNotFoundError:
+            listed = set()
+        except Exception as exc:  # an unreadable folder fails its keys alone
+            errors.update((key, exc) for key, _ in group)
+            continue
+        for key, path in group:
+            done[key] = path in listed
+            if done[key]:
+                found.append(key)
+    bulk = [k for k in found if not _GLOB.search(paths[k])]
+    if bulk:
+        try:
+            fs.rm([paths[k] for k in bulk])
+            bulk = []
+        except Exception:  # find out which ones failed, one by one
+            pass
+    for key in [*bulk, *(k for k in found if _GLOB.search(paths[k]))]:
+        try:
+            fs.rm_file(paths[key])
+        except FileNotFoundError:
+            done[key] = False
+        except Exception as exc:
+            del done[key]
+            errors[key] = exc
