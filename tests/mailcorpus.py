@@ -45,6 +45,21 @@ class Expected:
     note: str = ""
 
 
+def simple(n: int, **headers) -> bytes:
+    """Plain mail number ``n`` from person<n>@example.org; ``sender``/``subject`` and other
+    headers (underscores for dashes) as keywords."""
+    msg = EmailMessage()
+    msg["From"] = headers.pop("sender", f"person{n}@example.org")
+    msg["To"] = "in@erp.example.com"
+    msg["Subject"] = headers.pop("subject", f"Mail {n}")
+    msg["Date"] = "Fri, 01 Mar 2024 10:00:00 +0000"
+    msg["Message-ID"] = f"<simple-{n}@example.org>"
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(f"Body {n}\n")
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
 def imap_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str, user, **extra) -> None:
     """``AIRFLOW_CONN_<ID>`` for a Dovecot user over IMAPS, trusting the test CA."""
     spec = {

@@ -10,6 +10,7 @@ import threading
 import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -64,19 +65,6 @@ def rows(conn, sql: str, *args) -> list[tuple]:
         out = cur.fetchall()
     conn.commit()
     return out
-
-
-def simple(n: int, **headers) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = headers.pop("sender", f"person{n}@example.org")
-    msg["To"] = "in@erp.example.com"
-    msg["Subject"] = headers.pop("subject", f"Mail {n}")
-    msg["Date"] = "Fri, 01 Mar 2024 10:00:00 +0000"
-    msg["Message-ID"] = f"<simple-{n}@example.org>"
-    for name, value in headers.items():
-        msg[name.replace("_", "-")] = value
-    msg.set_content(f"Body {n}\n")
-    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
 @pytest.mark.parametrize("workers", [False, True], ids=["in-process", "worker-processes"])
@@ -148,7 +136,7 @@ def test_killed_between_commit_and_server_change_loses_and_doubles_nothing(
     db, mailbox, store, pool_min
 ):
     location = mailcorpus.add_location(db, "inbox", "imap_test")
-    uids = append([simple(n) for n in range(12)])
+    uids = append([mailcorpus.simple(n) for n in range(12)])
     script = CRASH_SCRIPT.format(
         plugins=str(ROOT / "plugins"), root=str(ROOT), location=location, pool_min=pool_min
     )
@@ -178,7 +166,10 @@ def test_killed_between_commit_and_server_change_loses_and_doubles_nothing(
 
 def test_two_runs_at_once_store_each_mail_once(db, mailbox, store):
     location = mailcorpus.add_location(db, "inbox", "imap_test")
-    append([simple(n) for n in range(40)] + [simple(99).replace(b"Message-ID", b"X-No-Id")])
+    append(
+        [mailcorpus.simple(n) for n in range(40)]
+        + [mailcorpus.simple(99).replace(b"Message-ID", b"X-No-Id")]
+    )
     results = []
 
     def run() -> None:
@@ -196,7 +187,7 @@ def test_two_runs_at_once_store_each_mail_once(db, mailbox, store):
 
 def test_second_run_skips_while_the_lock_is_held(db, mailbox, store):
     location = mailcorpus.add_location(db, "inbox", "imap_test")
-    append([simple(1)])
+    append([mailcorpus.simple(1)])
     holder = db.cursor()
     holder.execute("SELECT pg_advisory_lock(7311006, %s)", (location,))
     try:
@@ -210,8 +201,8 @@ def test_second_run_skips_while_the_lock_is_held(db, mailbox, store):
 
 def test_uidvalidity_reset_rescans_without_doubles(db, mailbox, store):
     location = mailcorpus.add_location(db, "archive box", "imap_test", folder="Import")
-    mails = [simple(n) for n in range(8)] + [
-        simple(100 + n).replace(b"Message-ID", b"X-No-Id") for n in range(2)
+    mails = [mailcorpus.simple(n) for n in range(8)] + [
+        mailcorpus.simple(100 + n).replace(b"Message-ID", b"X-No-Id") for n in range(2)
     ]
     append(mails, "Import")
     assert import_location(location).new == 10
@@ -308,8 +299,8 @@ def test_fifty_megabyte_mail_within_four_times_its_size(db, mailbox, store):
 
 def test_oversize_mail_skipped_recorded_and_left_on_the_server(db, mailbox, store):
     location = mailcorpus.add_location(db, "inbox", "imap_test", max_message_bytes=3000)
-    big = simple(2).replace(b"Body 2", b"x" * 5000)
-    small_uid, big_uid = append([simple(1), big])
+    big = mailcorpus.simple(2).replace(b"Body 2", b"x" * 5000)
+    small_uid, big_uid = append([mailcorpus.simple(1), big])
 
     summary = import_location(location)
     again = import_location(location)
@@ -324,7 +315,7 @@ def test_oversize_mail_skipped_recorded_and_left_on_the_server(db, mailbox, stor
 def test_backfill_over_two_past_days_imports_only_the_missing(db, mailbox, store):
     location = mailcorpus.add_location(db, "inbox", "imap_test", after_import="none")
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    mails = {n: simple(n) for n in range(10)}
+    mails = {n: mailcorpus.simple(n) for n in range(10)}
     days = {n: today - timedelta(days=2 - n // 4) + timedelta(hours=3 + n) for n in mails}
     # 0-3 two days ago, 4-7 yesterday, 8-9 today; 0, 4, 5 were stored by an earlier run
     for n, raw in mails.items():
@@ -350,7 +341,7 @@ def test_move_or_delete_only_after_storing(db, mailbox, store, action):
     location = mailcorpus.add_location(
         db, "inbox", "imap_test", after_import=action, move_to="Done" if action == "move" else None
     )
-    mails = [simple(n) for n in range(3)]
+    mails = [mailcorpus.simple(n) for n in range(3)]
     append(mails)
 
     assert import_location(location).new == 3
@@ -366,7 +357,7 @@ def test_unlinked_mail_raises_one_alert_per_run(seeded_db, mailbox, store):
     location = mailcorpus.add_location(
         seeded_db, "inbox", "imap_test", notify_address="ops@erp.example.com"
     )
-    append([simple(n) for n in range(3)])
+    append([mailcorpus.simple(n) for n in range(3)])
 
     summary = import_location(location, run_key="run-1")
 
@@ -374,16 +365,21 @@ def test_unlinked_mail_raises_one_alert_per_run(seeded_db, mailbox, store):
     ((recipients, subject, mime),) = rows(
         seeded_db, "SELECT recipients, subject, mime FROM mail.outbox WHERE source_type = 'alert'"
     )
-    assert recipients == ["ops@erp.example.com"] and "3" in subject
-    text = bytes(mime).decode()
-    assert all(f"person{n}@example.org" in text for n in range(3))
+    assert recipients == ["ops@erp.example.com"]
+    assert subject == "3 nicht zugeordnete E-Mails in inbox"  # notification/de
+    alert = message_from_bytes(bytes(mime), policy=policy.default)
+    text = alert.get_body(("plain",)).get_content()
+    html = alert.get_body(("html",)).get_content()
+    ids = [i for (i,) in rows(seeded_db, "SELECT id FROM mail.messages ORDER BY id")]
+    assert all(f"#{i}  " in text and f"<td>{i}</td>" in html for i in ids)
+    assert all(f"person{n}@example.org" in text + html for n in range(3))
 
 
 def test_chunk_that_fails_together_is_stored_one_by_one(db, mailbox, store, monkeypatch):
     from erpmail import linking
 
     location = mailcorpus.add_location(db, "inbox", "imap_test", store_attachments=True)
-    mails = [simple(n) for n in range(6)]
+    mails = [mailcorpus.simple(n) for n in range(6)]
     uids = append(mails)
     calls = []
     original = linking.store_links_many

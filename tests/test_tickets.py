@@ -14,7 +14,7 @@ from erpmail.mailimport import import_location
 from tests import mailcorpus
 
 DAY = date(2024, 3, 1)
-BODY = "Ihre Nachricht {BETREFF} ist unter {TICKET} erfasst. ({SUBJECT}) {unrelated}"
+OVERRIDE = "Ihre Nachricht {BETREFF} ist unter {TICKET} erfasst. ({SUBJECT}) {unrelated}"
 
 
 @pytest.fixture
@@ -23,20 +23,28 @@ def store(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def location(seeded_db, imap_user, monkeypatch, store) -> int:
+def make_location(seeded_db, imap_user, monkeypatch, store):
+    """A ticket location answering from a default account; columns as keywords."""
     mailcorpus.imap_conn(monkeypatch, "imap_tickets", imap_user)
     account = mailcorpus.add_account(seeded_db)
-    return mailcorpus.add_location(
-        seeded_db,
-        "support",
-        "imap_tickets",
-        ticket_enabled=True,
-        ticket_queue="support",
-        autoreply_enabled=True,
-        autoreply_account_id=account,
-        autoreply_subject="[{TICKET}] Eingang: {SUBJECT}",
-        autoreply_body=BODY,
-    )
+
+    def make(**columns) -> int:
+        values = {
+            "ticket_enabled": True,
+            "ticket_queue": "support",
+            "autoreply_enabled": True,
+            "autoreply_account_id": account,
+            **columns,
+        }
+        return mailcorpus.add_location(seeded_db, "support", "imap_tickets", **values)
+
+    return make
+
+
+@pytest.fixture
+def location(make_location) -> int:
+    """The autoreply from the templates, in the default language."""
+    return make_location()
 
 
 def mail(n: int, sender: str, subject: str = "", **headers: str) -> bytes:
@@ -103,11 +111,16 @@ def test_autoreply_once_a_day_never_to_automated_senders(seeded_db, location):
     case_id_1, number = case_of(seeded_db, "<t-1@example.org>")
     assert case_id == case_id_1 and number.startswith("T")
     assert reply["Auto-Submitted"] == "auto-replied"
-    assert reply["Subject"] == f"[{number}] Eingang: Lieferung fehlt"
     assert reply["In-Reply-To"] == "<t-1@example.org>"
-    assert reply.get_body(("plain",)).get_content().strip() == (
-        f"Ihre Nachricht Lieferung fehlt ist unter {number} erfasst. (Lieferung fehlt) {{unrelated}}"
-    )
+    # rendered from include/templates/autoreply/de, with the central signature
+    assert reply["Subject"] == f"Eingangsbestätigung [{number}]: Lieferung fehlt"
+    text = reply.get_body(("plain",)).get_content()
+    assert number in text and "„Lieferung fehlt“" in text
+    assert "Geschäftsführer" in text
+    html = reply.get_body(("html",)).get_content()
+    assert f"<b>{number}</b>" in html and "Lieferung fehlt" in html
+    logo = next(part for part in reply.walk() if part.get_filename() == "logo.png")
+    assert f'src="cid:{logo["Content-ID"].strip("<>")}"' in html
 
     # the next day the same sender is answered again, once
     append(mail(9, "kunde@example.org", "Neue Frage"), mail(10, "kunde@example.org"))
@@ -139,6 +152,41 @@ def test_replies_join_their_ticket(seeded_db, location):
     with seeded_db.cursor() as cur:
         cur.execute("SELECT queue, status FROM erp.cases WHERE id = %s", (new_case,))
         assert cur.fetchone() == ("support", "open")
+
+
+def test_autoreply_in_the_location_language_without_a_ticket(seeded_db, make_location):
+    location = make_location(language="en", ticket_enabled=False)
+    append(mail(1, "kunde@example.org", "Invoice <RE-1> & more"))
+
+    import_location(location, day=DAY)
+
+    ((_, case_id, raw),) = outbox(seeded_db)
+    reply = message_from_bytes(bytes(raw), policy=policy.default)
+    assert case_id is None
+    assert reply["Subject"] == "We received your message: Invoice <RE-1> & more"
+    text = reply.get_body(("plain",)).get_content()
+    assert '"Invoice <RE-1> & more". We have received it' in text
+    assert "case number" not in text and "Managing director" in text
+    html = reply.get_body(("html",)).get_content()
+    assert "Invoice &lt;RE-1&gt; &amp; more" in html and "case number" not in html
+
+
+def test_location_override_replaces_the_template_text(seeded_db, make_location):
+    location = make_location(
+        autoreply_subject="[{TICKET}] Eingang: {SUBJECT}", autoreply_body=OVERRIDE
+    )
+    append(mail(1, "kunde@example.org", "Lieferung fehlt"))
+
+    import_location(location, day=DAY)
+
+    ((_, _, raw),) = outbox(seeded_db)
+    reply = message_from_bytes(bytes(raw), policy=policy.default)
+    _, number = case_of(seeded_db, "<t-1@example.org>")
+    assert reply["Subject"] == f"[{number}] Eingang: Lieferung fehlt"
+    assert reply.get_body(("plain",)).get_content().strip() == (
+        f"Ihre Nachricht Lieferung fehlt ist unter {number} erfasst. (Lieferung fehlt) {{unrelated}}"
+    )
+    assert reply.get_body(("html",)) is None  # the admin's text alone, no template HTML
 
 
 @pytest.mark.parametrize(

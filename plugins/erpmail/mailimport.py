@@ -55,7 +55,7 @@ MSGID_KEY = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"
 LOCATION_COLUMNS = """id, name, conn_id, folder, after_import, move_to, archive_folder,
     archive_subfolder, store_attachments, link_keywords, max_message_bytes, ticket_enabled,
     ticket_project_id, ticket_queue, autoreply_enabled, autoreply_account_id,
-    autoreply_subject, autoreply_body, notify_address, enabled"""
+    autoreply_subject, autoreply_body, notify_address, enabled, language"""
 LOCATION_BY_ID = f"SELECT {LOCATION_COLUMNS} FROM mail.import_locations WHERE id = %s"  # noqa: S608
 ENABLED_LOCATIONS = "SELECT id FROM mail.import_locations WHERE enabled ORDER BY id"
 TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
@@ -113,8 +113,9 @@ INSERT_ATTACHMENT = """
 INSERT INTO mail.attachments (message_id, filename, content_type, size_bytes, sha256, path)
 VALUES (%s, %s, %s, %s, %s, %s)"""
 KEY_IN_USE = "SELECT 1 FROM mail.messages WHERE eml_path = %s LIMIT 1"
+# The alert shows when each mail arrived, on the company's clock.
 UNLINKED_MAILS = """
-SELECT id, sent_date, from_address, subject FROM mail.messages
+SELECT id, archived_at AT TIME ZONE %s, coalesce(from_address, '?'), subject FROM mail.messages
 WHERE id = ANY(%s) AND status = 'unlinked' ORDER BY id"""
 AUDIT = """
 INSERT INTO mail.audit_log (actor, action, subject, details)
@@ -145,6 +146,7 @@ class Location:
     autoreply_body: str | None
     notify_address: str | None
     enabled: bool
+    language: str | None = None  # autoreply and alert language; None: the default (de)
 
 
 @dataclass
@@ -397,8 +399,9 @@ def _insert(
             cur,
             location_id=location.id,
             account_id=location.autoreply_account_id,
+            language=location.language,
             subject_template=location.autoreply_subject,
-            body_template=location.autoreply_body or "",
+            body_template=location.autoreply_body,
             sender=parsed.from_address,
             headers=parsed.headers,
             subject=parsed.subject,
@@ -1049,9 +1052,12 @@ def _count(summary: Summary, stored: Stored, size: int) -> None:
 def _finish(conn, location: Location, summary: Summary, run_key: str | None) -> None:
     with db.transaction(conn) as cur:
         if summary.unlinked and location.notify_address:
-            cur.execute(UNLINKED_MAILS, (summary.new_ids,))
-            cols = ("id", "sent_date", "from_address", "subject")
-            mails = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+            cur.execute(UNLINKED_MAILS, (COMPANY_TZ, summary.new_ids))
+            cols = ("id", "received_at", "sender", "subject")
+            mails = [
+                {**dict(zip(cols, row, strict=True)), "location": location.name}
+                for row in cur.fetchall()
+            ]
             key = run_key or f"{min(summary.new_ids)}-{max(summary.new_ids)}"
             summary.alert_outbox_id = tickets.notify_unlinked(
                 cur,
@@ -1059,6 +1065,7 @@ def _finish(conn, location: Location, summary: Summary, run_key: str | None) -> 
                 location_name=location.name,
                 notify_address=location.notify_address,
                 account_id=location.autoreply_account_id,
+                language=location.language,
                 mails=mails,
                 run_key=key,
             )

@@ -4,6 +4,8 @@ A location with tickets on opens a case for a new thread and joins replies to th
 References or by the ticket number in the subject). The autoresponder answers a sender at
 most once per location and day (``mail.autoreply_log``), never automated mail, and goes out
 through the outbox in the import's own transaction, so a rolled-back import sends nothing.
+Both the autoreply and the unlinked-mail alert are rendered from ``include/templates``
+(``autoreply/``, ``notification/``) in the location's language and sent as text and HTML.
 """
 
 from __future__ import annotations
@@ -13,12 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from erpmail import mime, outbox
+from erpmail import accounts, mime, outbox, templates
 
 log = logging.getLogger(__name__)
 
-AUTOREPLY_DEFAULT_SUBJECT = "[{TICKET}] Re: {SUBJECT}"
-AUTOREPLY_DEFAULT_SUBJECT_NO_TICKET = "Re: {SUBJECT}"
 NO_REPLY_LOCAL_PARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "donotreply")
 BULK_PRECEDENCE = ("bulk", "list", "junk", "auto_reply")
 
@@ -35,9 +35,6 @@ ON CONFLICT DO NOTHING
 RETURNING sender"""
 SET_AUTOREPLY_OUTBOX = """
 UPDATE mail.autoreply_log SET outbox_id = %s WHERE location_id = %s AND sender = %s AND day = %s"""
-ACCOUNT = "SELECT id, from_address, display_name FROM mail.accounts WHERE id = %s"
-DEFAULT_ACCOUNT = "SELECT id, from_address, display_name FROM mail.accounts WHERE is_default"
-OWN_ADDRESSES = "SELECT lower(from_address) FROM mail.accounts"
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,8 @@ def no_reply_reason(
 
 
 def fill(template: str, *, ticket: str, subject: str) -> str:
-    """The autoreply text with {TICKET}, {SUBJECT} and {BETREFF} filled in; other braces kept."""
+    """An admin's override text with {TICKET}, {SUBJECT} and {BETREFF} filled in; other braces
+    kept."""
     return (
         template.replace("{TICKET}", ticket)
         .replace("{SUBJECT}", subject)
@@ -111,12 +109,34 @@ def fill(template: str, *, ticket: str, subject: str) -> str:
     )
 
 
-def _account(cur, account_id: int | None) -> tuple[int, str, str] | None:
+def _sender(cur, account_id: int | None) -> accounts.Account | None:
+    """The account to send from: ``account_id``, else the default account (None if none)."""
     if account_id is not None:
-        cur.execute(ACCOUNT, (account_id,))
-    else:
-        cur.execute(DEFAULT_ACCOUNT)
-    return cur.fetchone()
+        try:
+            return accounts.get_account(cur, account_id)
+        except KeyError:
+            return None
+    return next((a for a in accounts.list_accounts(cur) if a.is_default), None)
+
+
+def _own_addresses(cur) -> list[str]:
+    own: list[str] = []
+    for account in accounts.list_accounts(cur):
+        own.append(account.from_address.lower())
+        own.extend(a.lower() for a in account.sender_addresses if "@" in a)
+    return own
+
+
+def _from(account: accounts.Account) -> str | tuple[str, str]:
+    return (
+        (account.display_name, account.from_address)
+        if account.display_name
+        else account.from_address
+    )
+
+
+def _domain(account: accounts.Account) -> str:
+    return account.from_address.rsplit("@", 1)[1]
 
 
 def autoreply(
@@ -124,8 +144,6 @@ def autoreply(
     *,
     location_id: int,
     account_id: int,
-    subject_template: str | None,
-    body_template: str,
     sender: str | None,
     headers: Mapping[str, str],
     subject: str,
@@ -133,11 +151,19 @@ def autoreply(
     references: Sequence[str],
     ticket: Ticket | None,
     day: date,
+    language: str | None = None,
+    subject_template: str | None = None,
+    body_template: str | None = None,
 ) -> int | None:
-    """Queue the autoreply for one received mail; the outbox id, or None when not answered."""
-    cur.execute(OWN_ADDRESSES)
-    own = [row[0] for row in cur.fetchall()]
-    reason = no_reply_reason(sender, headers, own)
+    """Queue the autoreply for one received mail; the outbox id, or None when not answered.
+
+    The text and HTML come from the ``autoreply`` templates in ``language`` (None or missing:
+    the default language) with ``TICKET`` (empty without a ticket), ``SUBJECT`` and
+    ``BETREFF``. A location's ``autoreply_subject``/``autoreply_body`` (``subject_template``,
+    ``body_template``), when set, are the admin's override and are filled with ``fill``; an
+    overriding body is sent as plain text alone, since the template's HTML would say otherwise.
+    """
+    reason = no_reply_reason(sender, headers, _own_addresses(cur))
     if reason:
         log.info("no autoreply to %s: %s", sender, reason)
         return None
@@ -145,23 +171,32 @@ def autoreply(
     cur.execute(CLAIM_AUTOREPLY, (location_id, sender, day))
     if cur.fetchone() is None:
         return None  # answered today already
-    account = _account(cur, account_id)
+    account = _sender(cur, account_id)
     if account is None:
         raise ValueError(f"location {location_id}: autoreply account {account_id} does not exist")
-    acc_id, from_address, display_name = account
     number = ticket.number if ticket else ""
-    if subject_template is None:
-        subject_template = (
-            AUTOREPLY_DEFAULT_SUBJECT if ticket else AUTOREPLY_DEFAULT_SUBJECT_NO_TICKET
-        )
+    subject = " ".join(subject.split())  # a folded or multi-line subject stays one line
+    rendered = templates.default().render_document(
+        "autoreply",
+        {"TICKET": number, "SUBJECT": subject, "BETREFF": subject},
+        language=language,
+        sender=account.from_address,
+    )
+    title = rendered.subject
+    if subject_template:
+        title = fill(subject_template, ticket=number, subject=subject)
+    text, html, images = rendered.text, rendered.html, _images(rendered)
+    if body_template:
+        text, html, images = fill(body_template, ticket=number, subject=subject), None, ()
     key = f"autoreply:{location_id}:{sender}:{day.isoformat()}"
-    domain = from_address.rsplit("@", 1)[1]
     msg = mime.build_message(
-        sender=(display_name, from_address) if display_name else from_address,
+        sender=_from(account),
         to=[sender],
-        subject=" ".join(fill(subject_template, ticket=number, subject=subject).split())[:900],
-        text=fill(body_template, ticket=number, subject=subject),
-        message_id=mime.make_message_id(key, domain),
+        subject=" ".join(title.split())[:900],
+        text=text,
+        html=html,
+        inline_images=images,
+        message_id=mime.make_message_id(key, _domain(account)),
         auto_submitted="auto-replied",
         in_reply_to=message_id,
         references=[*references, *([message_id] if message_id else [])][-20:],
@@ -170,7 +205,7 @@ def autoreply(
     outbox_id = outbox.enqueue(
         cur,
         key=key,
-        account_id=acc_id,
+        account_id=account.id,
         recipients=[sender],
         mime=msg.as_bytes(),
         source_type="autoreply",
@@ -178,6 +213,10 @@ def autoreply(
     )
     cur.execute(SET_AUTOREPLY_OUTBOX, (outbox_id, location_id, sender, day))
     return outbox_id
+
+
+def _images(rendered: templates.Rendered) -> tuple[templates.InlineImage, ...]:
+    return rendered.signature.images if rendered.signature and rendered.html else ()
 
 
 def notify_unlinked(
@@ -189,39 +228,35 @@ def notify_unlinked(
     account_id: int | None,
     mails: Sequence[Mapping[str, object]],
     run_key: str,
+    language: str | None = None,
 ) -> int | None:
-    """Queue one alert listing unlinked mails (id, date, sender, subject); the outbox id."""
+    """Queue one alert listing unlinked mails, rendered from the ``notification`` templates;
+    the outbox id. Each mail maps ``id``, ``received_at``, ``sender``, ``subject``, ``location``.
+    """
     if not mails:
         return None
-    account = _account(cur, account_id)
+    account = _sender(cur, account_id)
     if account is None:
         log.warning("location %s: no account to send the unlinked-mail alert from", location_name)
         return None
-    acc_id, from_address, display_name = account
-    lines = [
-        f"{len(mails)} received mail(s) in location {location_name!r} could not be filed "
-        "against a partner, project or case. Link them with the DAG link_mail:",
-        "",
-    ]
-    for mail in mails:
-        lines.append(
-            f"  #{mail['id']}  {mail.get('sent_date') or ''}  {mail.get('from_address') or '?'}"
-            f"  {str(mail.get('subject') or '')[:120]}"
-        )
+    rendered = templates.default().render_document(
+        "notification", {"mails": list(mails), "location": location_name}, language=language
+    )
     key = f"alert:unlinked:{location_id}:{run_key}"
     msg = mime.build_message(
-        sender=(display_name, from_address) if display_name else from_address,
+        sender=_from(account),
         to=[notify_address],
-        subject=f"Unlinked mail in {location_name}: {len(mails)}",
-        text="\n".join(lines) + "\n",
-        message_id=mime.make_message_id(key, from_address.rsplit("@", 1)[1]),
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        message_id=mime.make_message_id(key, _domain(account)),
         auto_submitted="auto-generated",
         context=f"unlinked-mail alert for location {location_name}",
     )
     return outbox.enqueue(
         cur,
         key=key,
-        account_id=acc_id,
+        account_id=account.id,
         recipients=[notify_address],
         mime=msg.as_bytes(),
         source_type="alert",

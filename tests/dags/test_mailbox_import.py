@@ -8,7 +8,7 @@ import pytest
 
 from erpmail.imap import ImapHook
 from tests import mailcorpus
-from tests.test_mailimport import simple
+from tests.mailcorpus import simple
 
 
 @pytest.fixture
