@@ -17,43 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from pathlib import Path
-from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[1]
-HOME = tempfile.mkdtemp(prefix="erpmail-bench-airflow-")
-# Airflow reads its configuration at import: set it before anything imports airflow.
-os.environ.update(
-    {
-        "AIRFLOW_HOME": HOME,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": f"{HOME}/logs",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "ERPMAIL_ARCHIVE_URL": f"file://{tempfile.mkdtemp(prefix='erpmail-bench-archive-')}",
-    }
-)
-sys.path.insert(0, str(ROOT / "plugins"))
+import scratch
 
-import psycopg2  # noqa: E402
+scratch.airflow_home()  # before anything imports airflow
+os.environ["ERPMAIL_ARCHIVE_URL"] = f"file://{tempfile.mkdtemp(prefix='erpmail-bench-archive-')}"
 
-from erpmail import accounts, db, seed  # noqa: E402
+from erpmail import accounts, db  # noqa: E402
 
-ADMIN_URL = os.environ.get("ERPMAIL_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SAMPLE_LETTERS = "SELECT id FROM erp.letters WHERE run_id = %s ORDER BY id LIMIT %s"
-
-
-def _admin(sql: str) -> None:
-    conn = psycopg2.connect(ADMIN_URL)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)  # generated database names only
-    finally:
-        conn.close()
 
 
 def _peak_mb() -> tuple[float, float]:
@@ -68,18 +40,13 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=60, help="letters rendered naively")
     args = parser.parse_args()
 
-    name = f"erpmail_bench_{uuid.uuid4().hex[:8]}"
-    _admin(f"CREATE DATABASE {name}")
-    url = urlsplit(ADMIN_URL)._replace(path=f"/{name}").geturl()
-    os.environ["ERPMAIL_DB_URL"] = url
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True
-        )
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True
+    )
+    started = time.monotonic()
+    with scratch.scratch_database(seed_partners=args.partners) as url:
+        os.environ["ERPMAIL_DB_URL"] = url
         conn = db.connect(url)
-        db.migrate(conn)
-        started = time.monotonic()
-        seed.seed(conn, partners=args.partners, seed=1)
         with db.transaction(conn) as cur:
             accounts.create_account(
                 cur,
@@ -89,13 +56,16 @@ def main() -> int:
                 is_default=True,
                 send_interval_seconds=0,
             )
-        print(f"seeded {args.partners} partners in {time.monotonic() - started:.1f} s", flush=True)
+        print(
+            f"migrated and seeded {args.partners} partners in {time.monotonic() - started:.1f} s",
+            flush=True,
+        )
 
         from airflow import settings
         from airflow.dag_processing.dagbag import DagBag
 
         settings.configure_orm()
-        dag = DagBag(dag_folder=ROOT / "dags").get_dag("dunning_run")
+        dag = DagBag(dag_folder=scratch.ROOT / "dags").get_dag("dunning_run")
         started = time.monotonic()
         dr = dag.test(run_conf={"company": "DEMO"})
         pipeline_s = time.monotonic() - started
@@ -131,8 +101,6 @@ def main() -> int:
             pdf.render_single(page)
         naive_s = time.monotonic() - started
         conn.close()
-    finally:
-        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     pipeline_rate = letters / pipeline_s
     naive_rate = len(html) / naive_s

@@ -18,23 +18,16 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
-import uuid
 from email.message import EmailMessage
 from pathlib import Path
-from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
+import psycopg2
+from scratch import scratch_database
 
-import psycopg2  # noqa: E402
-
-from tests.servers.dovecot import start_dovecot  # noqa: E402
-from tests.servers.tlsca import make_certs  # noqa: E402
-
-TEST_DB_URL = os.environ.get("ERPMAIL_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.servers.dovecot import start_dovecot
+from tests.servers.tlsca import make_certs
 
 
 def corpus(count: int, attachment_kb: int = 0) -> list[bytes]:
@@ -92,31 +85,6 @@ def bare(user, ca_file: str, chunk: int) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
-def database() -> tuple[str, str]:
-    from erpmail import db, seed
-
-    name = f"erpmail_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(TEST_DB_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")  # generated name, not input
-    admin.close()
-    url = urlsplit(TEST_DB_URL)._replace(path=f"/{name}").geturl()
-    conn = psycopg2.connect(url)
-    db.migrate(conn)
-    seed.seed(conn, partners=200, seed=1)
-    conn.close()
-    return name, url
-
-
-def drop(name: str) -> None:
-    admin = psycopg2.connect(TEST_DB_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mails", type=int, default=2000)
@@ -130,9 +98,17 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="erpmail-bench-import-"))
     certs = make_certs(tmp / "tls")
     server = start_dovecot(certs)
-    dbname, url = database()
-    os.environ["ERPMAIL_DB_URL"] = url
     try:
+        run(args, tmp, certs, server)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
+    """The rounds, in a scratch database with 200 seeded partners and a new Dovecot user."""
+    with scratch_database(seed_partners=200) as url:
+        os.environ["ERPMAIL_DB_URL"] = url
         user = server.add_user()
         os.environ["AIRFLOW_CONN_IMAP_BENCH"] = json.dumps(
             {
@@ -197,10 +173,6 @@ def main() -> None:
         print(f"bare UID FETCH BODY.PEEK[] loop : {bare_rate:8.0f} mails/s ({size / 1e6:.1f} MB)")
         print(f"erpmail import                  : {import_rate:8.0f} mails/s")
         print(f"ratio import / bare             : {import_rate / bare_rate:8.2f}  (target >= 0.7)")
-    finally:
-        server.stop()
-        drop(dbname)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,10 @@ import time
 import uuid
 from datetime import date
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg2
+from scratch import scratch_database
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "plugins"))
-
-ADMIN_URL = os.environ.get("ERPMAIL_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test")
 AS_OF = date(2026, 3, 15)
 KEEP_DAYS = 365
 SPREAD_DAYS = 730  # archived_at spread evenly over two years: keep_days 365 purges half
@@ -73,20 +69,6 @@ VALUES ('in', 2, %s, %s, %s, 100)"""
 XACT_AGE = """
 SELECT extract(epoch FROM clock_timestamp() - xact_start) FROM pg_stat_activity
 WHERE pid = %s AND backend_xid IS NOT NULL"""
-
-
-def _url(name: str) -> str:
-    return urlsplit(ADMIN_URL)._replace(path=f"/{name}").geturl()
-
-
-def _admin(sql: str) -> None:
-    conn = psycopg2.connect(ADMIN_URL)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 class Pressure:
@@ -184,103 +166,103 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=5000, help="mails with real files (a sample)")
     args = parser.parse_args()
 
-    tag = uuid.uuid4().hex[:8]
-    main_db, base_db = f"erpmail_bench_ret_{tag}", f"erpmail_bench_ret_{tag}_base"
     store = Path(tempfile.mkdtemp(prefix="erpmail-bench-retention-"))
-    os.environ["ERPMAIL_DB_URL"] = _url(main_db)
     os.environ["ERPMAIL_ARCHIVE_URL"] = f"file://{store}"
-    from erpmail import archive, db, retention
-
-    _admin(f"CREATE DATABASE {main_db}")
     try:
         started = time.perf_counter()
-        conn = psycopg2.connect(_url(main_db))
-        db.migrate(conn)
-        with db.transaction(conn) as cur:
-            cur.execute(INSERT_LOCATIONS)
-            cur.execute(INSERT_MESSAGES, {"rows": args.rows})
-            cur.execute(INSERT_ATTACHMENTS)
-            cur.execute(INSERT_LINKS)
-            retention.set_policy(
-                cur,
-                location="bench",
-                keep_days=KEEP_DAYS,
-                legal_min_days=0,
-                invoice_legal_min_days=0,
-            )
-            cur.execute(SAMPLE_KEYS, {"step": max(1, args.rows // args.files)})
-            keys = [r[0] for r in cur.fetchall()]
-        for key in keys:
-            archive.store(key, b"x" * 512)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("VACUUM ANALYZE")
-        conn.autocommit = False
-        conn.close()
-        built = time.perf_counter() - started
-        _admin(f"CREATE DATABASE {base_db} TEMPLATE {main_db}")
-        oldest_half = args.rows - args.rows * (KEEP_DAYS + 1) // SPREAD_DAYS
-        old_ids = list(range(1, oldest_half, 97))
-        cutoff = f"{AS_OF.replace(year=AS_OF.year - 1).isoformat()} 00:00 Europe/Berlin"
-        print(
-            f"retention bench: {args.rows:,} archived rows ({len(keys):,} sample files), "
-            f"built in {built:.1f} s; purge archived before {cutoff} in batches of {args.batch:,}"
-        )
-
-        # baseline: one statement, one transaction, on the clone
-        def single_delete(conn) -> int:
-            with conn.cursor() as cur:
-                cur.execute(BASELINE_DELETE, (cutoff,))
-                rows = cur.rowcount
-            conn.commit()
-            return rows
-
-        single, single_rows, pressure = _timed(_url(base_db), old_ids, single_delete)
-        print(
-            f"single DELETE ... WHERE: {single:6.1f} s  {single_rows / single:9,.0f} rows/s  "
-            f"({single_rows:,} rows)\n    {pressure.summary()}"
-        )
-
-        # retention.run: batches, cascades, pending deletions, audit rows, files
-        def purge(conn) -> dict:
-            return retention.run(
-                conn,
-                dry_run=False,
-                location="bench",
-                as_of=AS_OF,
-                batch_size=args.batch,
-                actor="bench",
-            )
-
-        batched, summary, pressure = _timed(_url(main_db), old_ids, purge)
-        [policy] = summary["policies"]
-        conn = psycopg2.connect(_url(main_db))
-        with conn.cursor() as cur:
-            cur.execute(COUNT_LEFT)
-            left = cur.fetchone()[0]
-        conn.close()
-        files_left = sum(1 for p in store.rglob("*") if p.is_file())
-        # a row the clerk held locked at that moment is skipped (SKIP LOCKED): the next run takes it
-        skipped = single_rows - policy["mails"]
-        print(
-            f"retention.run (batched): {batched:6.1f} s  {policy['mails'] / batched:9,.0f} rows/s  "
-            f"({policy['mails']:,} rows, {left:,} left, {policy['files']['removed']:,} files "
-            f"removed, {files_left:,} files left, {skipped:,} skipped while locked)\n"
-            f"    {pressure.summary()}"
-        )
-        ratio = batched / single
-        print(
-            f"ratio: batched / single statement = {ratio:.2f}x (target <= 3x: "
-            f"{'met' if ratio <= 3 else 'NOT met'}); longest purge transaction "
-            f"{pressure.longest_xact:.3f} s vs {single:.1f} s for the single statement"
-        )
+        with scratch_database("erpmail_bench_ret") as url:
+            os.environ["ERPMAIL_DB_URL"] = url
+            run(args, url, store, started)
     finally:
-        _admin(f"DROP DATABASE IF EXISTS {base_db} WITH (FORCE)")
-        _admin(f"DROP DATABASE IF EXISTS {main_db} WITH (FORCE)")
         for p in sorted(store.rglob("*"), reverse=True):
             p.rmdir() if p.is_dir() else p.unlink()
         store.rmdir()
     return 0
+
+
+def run(args: argparse.Namespace, url: str, store: Path, started: float) -> None:
+    """Build the rows in the scratch database ``url``, clone it, and time both ways."""
+    from erpmail import archive, db, retention
+
+    conn = psycopg2.connect(url)
+    with db.transaction(conn) as cur:
+        cur.execute(INSERT_LOCATIONS)
+        cur.execute(INSERT_MESSAGES, {"rows": args.rows})
+        cur.execute(INSERT_ATTACHMENTS)
+        cur.execute(INSERT_LINKS)
+        retention.set_policy(
+            cur,
+            location="bench",
+            keep_days=KEEP_DAYS,
+            legal_min_days=0,
+            invoice_legal_min_days=0,
+        )
+        cur.execute(SAMPLE_KEYS, {"step": max(1, args.rows // args.files)})
+        keys = [r[0] for r in cur.fetchall()]
+    for key in keys:
+        archive.store(key, b"x" * 512)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("VACUUM ANALYZE")
+    conn.autocommit = False
+    conn.close()
+    built = time.perf_counter() - started
+    oldest_half = args.rows - args.rows * (KEEP_DAYS + 1) // SPREAD_DAYS
+    old_ids = list(range(1, oldest_half, 97))
+    cutoff = f"{AS_OF.replace(year=AS_OF.year - 1).isoformat()} 00:00 Europe/Berlin"
+    print(
+        f"retention bench: {args.rows:,} archived rows ({len(keys):,} sample files), "
+        f"built in {built:.1f} s; purge archived before {cutoff} in batches of {args.batch:,}"
+    )
+
+    # baseline: one statement, one transaction, on the clone
+    def single_delete(conn) -> int:
+        with conn.cursor() as cur:
+            cur.execute(BASELINE_DELETE, (cutoff,))
+            rows = cur.rowcount
+        conn.commit()
+        return rows
+
+    with scratch_database("erpmail_bench_ret_base", clone_of=url) as base_url:
+        single, single_rows, pressure = _timed(base_url, old_ids, single_delete)
+    print(
+        f"single DELETE ... WHERE: {single:6.1f} s  {single_rows / single:9,.0f} rows/s  "
+        f"({single_rows:,} rows)\n    {pressure.summary()}"
+    )
+
+    # retention.run: batches, cascades, pending deletions, audit rows, files
+    def purge(conn) -> dict:
+        return retention.run(
+            conn,
+            dry_run=False,
+            location="bench",
+            as_of=AS_OF,
+            batch_size=args.batch,
+            actor="bench",
+        )
+
+    batched, summary, pressure = _timed(url, old_ids, purge)
+    [policy] = summary["policies"]
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute(COUNT_LEFT)
+        left = cur.fetchone()[0]
+    conn.close()
+    files_left = sum(1 for p in store.rglob("*") if p.is_file())
+    # a row the clerk held locked at that moment is skipped (SKIP LOCKED): the next run takes it
+    skipped = single_rows - policy["mails"]
+    print(
+        f"retention.run (batched): {batched:6.1f} s  {policy['mails'] / batched:9,.0f} rows/s  "
+        f"({policy['mails']:,} rows, {left:,} left, {policy['files']['removed']:,} files "
+        f"removed, {files_left:,} files left, {skipped:,} skipped while locked)\n"
+        f"    {pressure.summary()}"
+    )
+    ratio = batched / single
+    print(
+        f"ratio: batched / single statement = {ratio:.2f}x (target <= 3x: "
+        f"{'met' if ratio <= 3 else 'NOT met'}); longest purge transaction "
+        f"{pressure.longest_xact:.3f} s vs {single:.1f} s for the single statement"
+    )
 
 
 if __name__ == "__main__":

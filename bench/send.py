@@ -15,16 +15,9 @@ import io
 import multiprocessing as mp
 import os
 import smtplib
-import sys
 import time
-import uuid
-from pathlib import Path
-from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
-
-DB_URL = os.environ.get("ERPMAIL_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from scratch import scratch_database
 
 
 def _sink(port, counter, ready) -> None:
@@ -74,32 +67,6 @@ def _messages(n: int, prefix: str, pdf: bytes) -> list[tuple[str, str, bytes]]:
         )
         out.append((key, to, msg.as_bytes()))
     return out
-
-
-def _scratch_db() -> tuple[str, str]:
-    import psycopg2
-
-    from erpmail import db
-
-    name = f"erpmail_bench_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(DB_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")  # generated name, never user input
-    admin.close()
-    url = urlsplit(DB_URL)._replace(path=f"/{name}").geturl()
-    db.migrate(db.connect(url))
-    return name, url
-
-
-def _drop_db(name: str) -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(DB_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
 
 
 def bare_loop(port: int, messages) -> float:
@@ -154,9 +121,8 @@ def main() -> None:
     os.environ["AIRFLOW_CONN_SMTP_BENCH"] = json.dumps(
         {"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": {"security": "none"}}
     )
-    name, url = _scratch_db()
     pdf = _pdf()
-    try:
+    with scratch_database() as url:
         from erpmail import db
         from erpmail.accounts import create_account
 
@@ -192,9 +158,7 @@ def main() -> None:
         print(f"bare smtplib loop, one connection: {bare_rate:7.1f} msg/s (best of {args.rounds})")
         print(f"dispatcher, throttle off:          {disp_rate:7.1f} msg/s (best of {args.rounds})")
         print(f"ratio dispatcher / bare: {disp_rate / bare_rate:.2f} (target >= 0.9)")
-    finally:
-        _drop_db(name)
-        sink.terminate()
+    sink.terminate()
 
 
 if __name__ == "__main__":
