@@ -476,7 +476,7 @@ def file_sent_copies(conn, account: Account, limit: int = 100) -> tuple[int, int
             return 0, 0
         done: list[int] = []
         try:
-            from erpmail.imap import ImapHook  # the import engineer's hook
+            from erpmail.imap import ImapHook  # imported here: only Sent-folder copies need IMAP
 
             with ImapHook(account.sent_folder_conn_id).client() as client:
                 if not client.folder_exists(account.sent_folder):

@@ -254,7 +254,7 @@ def start_dovecot(certs: CertSet, which: str = "", *, tls: bool = True) -> Dovec
             return server
         last_log = _logs(root)
         server.stop()
-        if "in use" not in last_log:  # only a port clash with another session is worth a retry
+        if "in use" not in last_log:  # only a port clash with another test run is worth a retry
             break
     raise RuntimeError(f"dovecot did not start:\n{last_log}")
 
