@@ -35,7 +35,7 @@ os.environ.update(
 for _var in ("AIRFLOW_CONN_ERP_DB", "ERPMAIL_DB_URL"):
     os.environ.pop(_var, None)
 
-pytest_plugins = ["tests.servers.fixtures"]
+pytest_plugins = ["tests.servers.fixtures", "tests.mailaccounts", "tests.partners"]
 
 TEST_DB_URL = os.environ.get("ERPMAIL_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

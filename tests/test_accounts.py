@@ -9,7 +9,8 @@ import pytest
 from erpmail import outbox
 from erpmail.accounts import account_by_name, create_account, select_account, take_slots
 from erpmail.db import transaction
-from tests.test_outbox import add_account, enqueue_many
+from tests.mailaccounts import add_account
+from tests.outboxmail import enqueue_many
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ import pytest
 
 from erpmail import dispatch as dispatcher
 from erpmail.db import transaction
-from tests.test_outbox import add_account, enqueue_many, recipients, row
-from tests.test_smtp import use_server
+from tests import mailcorpus
+from tests.mailaccounts import account_on
+from tests.outboxmail import enqueue_many, outbox_recipients, outbox_row, outbox_statuses
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = """
@@ -29,19 +30,6 @@ while go and not os.path.exists(go):
     time.sleep(0.05)
 print(json.dumps(dispatch(**json.loads(sys.argv[1])).as_dict()))
 """
-
-
-def account_on(db, monkeypatch, server, name="ar", **kw):
-    """An account whose Airflow connection points at ``server``."""
-    conn_extra = kw.pop("extra", {})
-    use_server(monkeypatch, server, f"smtp_{name}", **conn_extra)
-    return add_account(db, name, conn_id=f"smtp_{name}", **kw)
-
-
-def statuses(db) -> Counter:
-    with transaction(db) as cur:
-        cur.execute("SELECT status FROM mail.outbox")
-        return Counter(r[0] for r in cur.fetchall())
 
 
 def message_ids(server) -> Counter:
@@ -83,14 +71,14 @@ def test_sends_everything_due_and_records_it(db, monkeypatch, smtp_server):
     )
     summary = dispatcher.dispatch(batch_size=3, progress_every=0.0)
     assert (summary.sent, summary.deferred, summary.failed, summary.due) == (7, 0, 0, 7)
-    assert statuses(db) == {"sent": 7}
+    assert outbox_statuses(db) == {"sent": 7}
     got = smtp_server.wait_for(7)
     assert len({m.peer for m in got}) == 1  # one session across the batches
     assert all(m.rcpt_tos == ["kunde@customer.example", "bcc@demo.example"] for m in got)
     assert all(b"bcc@demo.example" not in m.data for m in got)
-    stored = row(db, ids[0])
+    stored = outbox_row(db, ids[0])
     assert stored["smtp_code"] == 250 and stored["smtp_reply"] == "OK" and stored["sent_at"]
-    assert {s for s, _, _ in recipients(db, ids[0]).values()} == {"accepted"}
+    assert {s for s, _, _ in outbox_recipients(db, ids[0]).values()} == {"accepted"}
 
 
 def test_reconnects_after_n_messages(db, monkeypatch, smtp_server):
@@ -108,7 +96,7 @@ def test_temporary_replies_defer_then_retry(db, monkeypatch, smtp_server, stage,
     reply = f"{code} 4.0.0 try later ({stage})"
     smtp_server.fail(stage, reply, times=1)
     first = dispatcher.dispatch()
-    stored = row(db, oid)
+    stored = outbox_row(db, oid)
     assert first.deferred == 1 and smtp_server.messages == []
     assert (stored["status"], stored["attempts"], stored["smtp_code"]) == ("queued", 1, code)
     assert stored["smtp_reply"] == f"4.0.0 try later ({stage})"
@@ -116,7 +104,7 @@ def test_temporary_replies_defer_then_retry(db, monkeypatch, smtp_server, stage,
     assert dispatcher.dispatch().done == 0
     make_due(db)
     second = dispatcher.dispatch()
-    assert second.sent == 1 and row(db, oid)["status"] == "sent"
+    assert second.sent == 1 and outbox_row(db, oid)["status"] == "sent"
     assert len(smtp_server.messages) == 1
 
 
@@ -127,11 +115,11 @@ def test_permanent_replies_fail_at_once(db, monkeypatch, smtp_server, stage, cod
     bad, good = enqueue_many(db, account, 2)
     smtp_server.fail(stage, f"{code} 5.7.1 refused at {stage}", times=1)
     summary = dispatcher.dispatch()
-    stored = row(db, bad)
+    stored = outbox_row(db, bad)
     assert (summary.failed, summary.sent) == (1, 1)
     assert (stored["status"], stored["smtp_code"]) == ("failed", code)
     assert stored["smtp_reply"] == f"5.7.1 refused at {stage}"
-    assert row(db, good)["status"] == "sent" and len(smtp_server.messages) == 1
+    assert outbox_row(db, good)["status"] == "sent" and len(smtp_server.messages) == 1
 
 
 def test_some_recipients_refused(db, monkeypatch, smtp_server):
@@ -141,16 +129,16 @@ def test_some_recipients_refused(db, monkeypatch, smtp_server):
     smtp_server.fail("RCPT", "550 5.1.1 no such user", rcpt="gone@c.example")
     smtp_server.fail("RCPT", "452 4.2.2 mailbox full", rcpt="full@c.example", times=1)
     dispatcher.dispatch()
-    assert recipients(db, oid) == {
+    assert outbox_recipients(db, oid) == {
         "ok@c.example": ("accepted", 250, "OK"),
         "gone@c.example": ("refused", 550, "5.1.1 no such user"),
         "full@c.example": ("pending", 452, "4.2.2 mailbox full"),
     }
-    assert row(db, oid)["status"] == "queued"
+    assert outbox_row(db, oid)["status"] == "queued"
     make_due(db)
     dispatcher.dispatch()
-    assert row(db, oid)["status"] == "sent"
-    assert recipients(db, oid)["full@c.example"][0] == "accepted"
+    assert outbox_row(db, oid)["status"] == "sent"
+    assert outbox_recipients(db, oid)["full@c.example"][0] == "accepted"
     assert [m.rcpt_tos for m in smtp_server.messages] == [["ok@c.example"], ["full@c.example"]]
 
 
@@ -162,16 +150,16 @@ def test_dropped_connection_is_retried(db, monkeypatch, smtp_server, when):
     summary = dispatcher.dispatch()
     # the drop cost one message an attempt; the session was reopened for the next
     assert (summary.deferred, summary.sent) == (1, 1)
-    assert row(db, first)["status"] == "queued" and row(db, first)["attempts"] == 1
+    assert outbox_row(db, first)["status"] == "queued" and outbox_row(db, first)["attempts"] == 1
     make_due(db)
     dispatcher.dispatch()
-    assert statuses(db) == {"sent": 2}
+    assert outbox_statuses(db) == {"sent": 2}
     counts = message_ids(smtp_server)
-    mid = row(db, first)["message_id"]
+    mid = outbox_row(db, first)["message_id"]
     if when == "before_dot":
         assert counts[mid] == 1
     else:  # the server kept the first copy; the retry is a visible duplicate
-        assert counts[mid] == 2 and row(db, first)["sent_uncertain"]
+        assert counts[mid] == 2 and outbox_row(db, first)["sent_uncertain"]
 
 
 @pytest.mark.parametrize(
@@ -195,13 +183,13 @@ def test_account_errors_keep_mail_queued(db, monkeypatch, request, fixture, pass
         assert password not in summary.text()
     assert server.messages == []
     for oid in ids:
-        stored = row(db, oid)
+        stored = outbox_row(db, oid)
         assert (stored["status"], stored["attempts"], stored["sent_uncertain"]) == (
             "queued",
             0,
             False,
         )
-    assert "buchhaltung" in row(db, ids[0])["last_error"]
+    assert "buchhaltung" in outbox_row(db, ids[0])["last_error"]
 
 
 def test_one_account_failing_does_not_stop_another(
@@ -213,7 +201,7 @@ def test_one_account_failing_does_not_stop_another(
     enqueue_many(db, bad, 2, prefix="b")
     summary = dispatcher.dispatch()
     assert summary.sent == 2 and list(summary.account_errors) == ["bad"]
-    assert statuses(db) == {"sent": 2, "queued": 2}
+    assert outbox_statuses(db) == {"sent": 2, "queued": 2}
 
 
 def test_account_and_source_filters(db, monkeypatch, smtp_server):
@@ -240,7 +228,7 @@ def test_time_budget_leaves_the_rest_queued(db, monkeypatch, smtp_server):
     smtp_server.delay("DATA", 0.4)
     summary = dispatcher.dispatch(budget_seconds=1.0, batch_size=6)
     assert 1 <= summary.sent < 6 and summary.released == 6 - summary.sent
-    assert statuses(db) == {"sent": summary.sent, "queued": 6 - summary.sent}
+    assert outbox_statuses(db) == {"sent": summary.sent, "queued": 6 - summary.sent}
     with transaction(db) as cur:
         cur.execute("SELECT max(attempts), bool_or(sent_uncertain) FROM mail.outbox")
         assert cur.fetchone() == (0, False)
@@ -266,7 +254,7 @@ def test_four_processes_send_each_message_once(db, monkeypatch, smtp_server, tmp
     go.touch()
     summaries = [finish(p) for p in procs]
     assert sum(s["sent"] for s in summaries) == 500
-    assert statuses(db) == {"sent": 500}
+    assert outbox_statuses(db) == {"sent": 500}
     counts = message_ids(smtp_server)
     assert len(counts) == 500 and set(counts.values()) == {1}
     # the work was shared, not done by one process while the others idled
@@ -290,7 +278,7 @@ def test_kill_9_mid_batch_loses_nothing_and_flags_duplicates(db, monkeypatch, sm
     time.sleep(0.5)  # let the server finish the DATA it was holding at the kill
     summary = dispatcher.dispatch(stuck_after_seconds=0)
     assert summary.reclaimed == len(sending_at_kill)
-    assert statuses(db) == {"sent": 30}
+    assert outbox_statuses(db) == {"sent": 30}
     with transaction(db) as cur:
         cur.execute("SELECT message_id FROM mail.outbox WHERE sent_uncertain")
         uncertain = {r[0] for r in cur.fetchall()}
@@ -330,26 +318,14 @@ def test_interval_holds_across_two_processes(db, monkeypatch, smtp_server, tmp_p
 def test_sent_copy_is_filed_over_imap(db, monkeypatch, smtp_server, imap_user):
     import imapclient
 
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_IMAP_SENT",
-        json.dumps(
-            {
-                "conn_type": "imap",
-                "host": imap_user.host,
-                "port": imap_user.imaps_port,
-                "login": imap_user.name,
-                "password": imap_user.password,
-                "extra": {"ca_file": str(imap_user.ca_file)},
-            }
-        ),
-    )
+    mailcorpus.imap_conn(monkeypatch, "imap_sent", imap_user)
     account = account_on(
         db, monkeypatch, smtp_server, sent_folder_conn_id="imap_sent", sent_folder="Sent"
     )
     ids = enqueue_many(db, account, 3)
     summary = dispatcher.dispatch()
     assert summary.copies_done == 3
-    assert {row(db, i)["sent_copy"] for i in ids} == {"done"}
+    assert {outbox_row(db, i)["sent_copy"] for i in ids} == {"done"}
     client = imapclient.IMAPClient(
         imap_user.host, port=imap_user.imaps_port, ssl_context=_ctx(imap_user.ca_file)
     )
@@ -361,7 +337,7 @@ def test_sent_copy_is_filed_over_imap(db, monkeypatch, smtp_server, imap_user):
     finally:
         client.logout()
     filed = {message_from_bytes(v[b"BODY[]"])["Message-ID"] for v in fetched.values()}
-    assert filed == {row(db, i)["message_id"] for i in ids}
+    assert filed == {outbox_row(db, i)["message_id"] for i in ids}
     assert all(b"\\Seen" in v[b"FLAGS"] for v in fetched.values())
 
 
@@ -385,7 +361,7 @@ def test_sent_copy_failure_is_retried_never_resent(db, monkeypatch, smtp_server)
     (oid,) = enqueue_many(db, account, 1)
     first = dispatcher.dispatch()
     assert (first.sent, first.copies_failed) == (1, 1)
-    stored = row(db, oid)
+    stored = outbox_row(db, oid)
     assert (stored["status"], stored["sent_copy"], stored["sent_copy_attempts"]) == (
         "sent",
         "pending",
@@ -394,7 +370,7 @@ def test_sent_copy_failure_is_retried_never_resent(db, monkeypatch, smtp_server)
     assert "imap_sent" in stored["sent_copy_error"]
     second = dispatcher.dispatch()
     assert (second.sent, second.copies_failed) == (0, 1)
-    assert row(db, oid)["sent_copy_attempts"] == 2
+    assert outbox_row(db, oid)["sent_copy_attempts"] == 2
     assert len(smtp_server.messages) == 1
 
 

@@ -12,11 +12,12 @@ import psycopg2.extensions
 import pypdf
 import pytest
 
-from erpmail import accounts, archive, db, documents, seed
+from erpmail import archive, db, documents, seed
 from erpmail.dunning import DUNNING
+from tests.mailaccounts import company_account
+from tests.pdftext import pdf_text
 
 KEY = date(2026, 3, 2)
-SENDER = "buchhaltung@muster-handels.example.com"
 
 
 @pytest.fixture
@@ -27,16 +28,7 @@ def book(
     monkeypatch.setenv("ERPMAIL_ARCHIVE_URL", f"file://{tmp_path}/archive")
     seed.seed(db, partners=30, seed=1, as_of=KEY - timedelta(days=10))
     with db.cursor() as cur:
-        accounts.create_account(
-            cur,
-            name="dunning",
-            conn_id="smtp_test",
-            from_address=SENDER,
-            display_name="Muster Handels",
-            sender_addresses=["muster-handels.example.com"],
-            is_default=True,
-            send_interval_seconds=0,
-        )
+        company_account(cur)
     db.commit()
     return db
 
@@ -71,10 +63,6 @@ SELECT l.id, p.number, l.status, l.paper_reason, l.pdf_path, l.outbox_id, l.reci
 OUTBOX = "SELECT id, key, source_id, recipients, mime FROM mail.outbox ORDER BY id"
 
 
-def _pdf_text(data: bytes) -> str:
-    return "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(data)).pages)
-
-
 def test_run_ends_released_or_paper_with_pdfs_mail_and_print_batch(book) -> None:
     run = _run()
     batches, printed, summary = _pipeline(run)
@@ -84,7 +72,7 @@ def test_run_ends_released_or_paper_with_pdfs_mail_and_print_batch(book) -> None
     outbox = {row[2]: row for row in _rows(book, OUTBOX)}
     for letter_id, number, status, reason, pdf_path, outbox_id, recipient, _ in letters:
         assert archive.exists(pdf_path) and pdf_path.endswith(f"{number}-{letter_id}.pdf")
-        assert number in _pdf_text(archive.read(pdf_path))
+        assert number in pdf_text(archive.read(pdf_path))
         if status == "released":
             _, key, _, recipients, mime = outbox[letter_id]
             assert (outbox_id, key, recipients) == (
@@ -104,7 +92,7 @@ def test_run_ends_released_or_paper_with_pdfs_mail_and_print_batch(book) -> None
     assert len(batch_pdf.pages) == sum(
         len(pypdf.PdfReader(io.BytesIO(archive.read(r[4]))).pages) for r in paper
     )
-    batch_text = _pdf_text(archive.read(printed))
+    batch_text = pdf_text(archive.read(printed))
     for row in letters:
         assert (f"{run}-{row[1]}" in batch_text) == (row[2] == "paper")
     assert summary["letters"] == len(letters)

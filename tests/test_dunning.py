@@ -11,6 +11,7 @@ import pytest
 from erpmail import db, documents, dunning, seed
 from erpmail.documents import choose_route, route_for
 from erpmail.dunning import DUNNING, Item, Level, Previous, item_level
+from tests.partners import open_item
 
 KEY = date(2026, 3, 2)
 LEVELS = [
@@ -22,10 +23,6 @@ LEVELS = [
 INSERT_PARTNER = """
 INSERT INTO erp.partners (company, number, name, email, email_blocked, language, dunning_block)
 VALUES ('DEMO', %s, %s, %s, %s, %s, %s) RETURNING id"""
-INSERT_ITEM = """
-INSERT INTO erp.open_items (partner_id, doc_number, doc_type, doc_date, due_date, amount,
-    open_amount, currency, dunning_block, disputed)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"""
 INSERT_CONTACT = (
     "INSERT INTO erp.contacts (partner_id, name, email, role, language) VALUES (%s, %s, %s, %s, %s)"
 )
@@ -100,36 +97,8 @@ def _partner(
     return cur.fetchone()[0]
 
 
-def _open(
-    cur,
-    partner_id: int,
-    doc: str,
-    amount: str,
-    *,
-    days: int = 10,
-    currency: str = "EUR",
-    blocked: bool = False,
-    disputed: bool = False,
-) -> int:
-    value = Decimal(amount)
-    doc_type = "credit_note" if value < 0 else "invoice"
-    due = KEY - timedelta(days=days)
-    cur.execute(
-        INSERT_ITEM,
-        (
-            partner_id,
-            doc,
-            doc_type,
-            due - timedelta(days=14),
-            due,
-            value,
-            value,
-            currency,
-            blocked,
-            disputed,
-        ),
-    )
-    return cur.fetchone()[0]
+def _open(cur, partner_id: int, doc: str, amount: str, *, days: int = 10, **kw) -> int:
+    return open_item(cur, partner_id, doc, amount, due=KEY - timedelta(days=days), **kw)
 
 
 def _run(

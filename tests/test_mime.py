@@ -11,7 +11,8 @@ import pytest
 from erpmail import pdf
 from erpmail.mime import Attachment, MessageError, build_message, check_address, make_message_id
 from erpmail.templates import Templates
-from tests.test_pdf import load_contexts, pdf_text
+from tests.lettercontexts import load_contexts
+from tests.pdftext import pdf_text
 
 DOMAIN = "muster-handels.example.com"
 

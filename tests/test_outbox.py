@@ -3,94 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 
 import psycopg2
 import pytest
 
 from erpmail import outbox
-from erpmail.accounts import create_account
 from erpmail.db import transaction
 from erpmail.outbox import RetryPolicy
 from erpmail.smtp import Delivery
-
-
-def make_mime(
-    key: str, to: list[str], *, subject: str = "Zahlungserinnerung", pdf: bytes = b""
-) -> bytes:
-    """MIME bytes for a test message with a Message-ID derived from ``key``."""
-    try:
-        from erpmail.mime import Attachment, build_message, make_message_id
-    except ImportError:  # the documents engineer's module has not landed yet
-        msg = EmailMessage()
-        msg["From"] = "Buchhaltung <ar@demo.example>"
-        msg["To"] = ", ".join(to)
-        msg["Subject"] = subject
-        msg["Message-ID"] = f"<{key}@demo.example>"
-        msg.set_content(f"Sehr geehrte Damen und Herren,\n\nNachricht {key}.\n")
-        if pdf:
-            msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{key}.pdf")
-        return msg.as_bytes()
-    attachments = [Attachment(f"{key}.pdf", pdf, "application/pdf")] if pdf else []
-    msg = build_message(
-        sender=("Buchhaltung", "ar@demo.example"),
-        to=to,
-        subject=subject,
-        text=f"Sehr geehrte Damen und Herren,\n\nNachricht {key}.\n",
-        attachments=attachments,
-        message_id=make_message_id(key, "demo.example"),
-    )
-    return msg.as_bytes()
-
-
-def add_account(conn, name: str = "ar", *, conn_id: str = "smtp_ar", interval: int = 0, **kw):
-    with transaction(conn) as cur:
-        return create_account(
-            cur,
-            name=name,
-            conn_id=conn_id,
-            from_address=kw.pop("from_address", f"{name}@demo.example"),
-            send_interval_seconds=interval,
-            **kw,
-        )
-
-
-def enqueue_many(
-    conn, account, n: int, *, prefix: str = "m", to=None, header_to=None, **kw
-) -> list[int]:
-    """Queue ``n`` messages; ``to`` is the envelope, ``header_to`` the To header (else ``to``)."""
-    ids = []
-    with transaction(conn) as cur:
-        for i in range(n):
-            key = f"{prefix}{i}"
-            rcpts = to or [f"p{i}@customer.example"]
-            ids.append(
-                outbox.enqueue(
-                    cur,
-                    key=key,
-                    account_id=account.id,
-                    recipients=rcpts,
-                    mime=make_mime(key, header_to or rcpts, **kw),
-                    source_type="manual",
-                )
-            )
-    return ids
-
-
-def row(conn, outbox_id: int) -> dict:
-    with transaction(conn, dict_rows=True) as cur:
-        cur.execute("SELECT * FROM mail.outbox WHERE id = %s", (outbox_id,))
-        return dict(cur.fetchone())
-
-
-def recipients(conn, outbox_id: int) -> dict[str, tuple]:
-    with transaction(conn) as cur:
-        cur.execute(
-            "SELECT address, status, smtp_code, smtp_reply FROM mail.outbox_recipients"
-            " WHERE outbox_id = %s",
-            (outbox_id,),
-        )
-        return {a: (s, c, r) for a, s, c, r in cur.fetchall()}
+from tests.mailaccounts import add_account
+from tests.outboxmail import enqueue_many, make_mime, outbox_recipients, outbox_row
 
 
 def test_enqueue_stores_message_and_is_idempotent(db):
@@ -115,13 +37,13 @@ def test_enqueue_stores_message_and_is_idempotent(db):
             source_type="letter",
         )
     assert again == first
-    stored = row(db, first)
+    stored = outbox_row(db, first)
     assert stored["message_id"] == "<k1@demo.example>" or stored["message_id"].startswith("<")
     assert stored["status"] == "queued" and stored["envelope_from"] == "ar@demo.example"
     assert stored["recipients"] == ["a@x.example", "Hidden@Y.example"]
     assert bytes(stored["mime"]) == mime
     assert (stored["source_type"], stored["source_id"]) == ("letter", 7)
-    assert set(recipients(db, first)) == {"a@x.example", "Hidden@Y.example"}
+    assert set(outbox_recipients(db, first)) == {"a@x.example", "Hidden@Y.example"}
     with transaction(db) as cur:
         cur.execute("SELECT count(*) FROM mail.outbox")
         assert cur.fetchone()[0] == 1
@@ -205,10 +127,15 @@ def _claim_one(db, account):
     return message
 
 
-def test_record_sent_stores_reply_queue_id_and_recipients(db):
+def _claimed_to_two(db):
+    """A message to a@ and b@x.example, queued and claimed: (account, its id, the claim)."""
     account = add_account(db)
     (oid,) = enqueue_many(db, account, 1, to=["a@x.example", "b@x.example"])
-    message = _claim_one(db, account)
+    return account, oid, _claim_one(db, account)
+
+
+def test_record_sent_stores_reply_queue_id_and_recipients(db):
+    account, oid, message = _claimed_to_two(db)
     delivery = Delivery(
         "sent",
         250,
@@ -218,20 +145,18 @@ def test_record_sent_stores_reply_queue_id_and_recipients(db):
         "4Xyz12",
     )
     assert outbox.record(db, message, delivery, account=account, policy=RetryPolicy()) == "sent"
-    stored = row(db, oid)
+    stored = outbox_row(db, oid)
     assert (stored["status"], stored["smtp_code"], stored["queue_id"]) == ("sent", 250, "4Xyz12")
     assert stored["smtp_reply"] == "2.0.0 Ok: queued as 4Xyz12" and stored["sent_at"]
     assert stored["claimed_at"] is None and stored["sent_copy"] == "none"
-    assert recipients(db, oid) == {
+    assert outbox_recipients(db, oid) == {
         "a@x.example": ("accepted", 250, "OK"),
         "b@x.example": ("refused", 550, "5.1.1 no such user"),
     }
 
 
 def test_record_partial_deferral_retries_only_pending_recipients(db):
-    account = add_account(db)
-    (oid,) = enqueue_many(db, account, 1, to=["a@x.example", "b@x.example"])
-    message = _claim_one(db, account)
+    account, oid, message = _claimed_to_two(db)
     delivery = Delivery(
         "sent",
         250,
@@ -240,7 +165,7 @@ def test_record_partial_deferral_retries_only_pending_recipients(db):
         {"a@x.example": (250, "OK"), "b@x.example": (452, "4.2.2 mailbox full")},
     )
     assert outbox.record(db, message, delivery, account=account, policy=RetryPolicy()) == "queued"
-    stored = row(db, oid)
+    stored = outbox_row(db, oid)
     assert stored["status"] == "queued" and stored["attempts"] == 1
     assert "mailbox full" in stored["last_error"]
     with transaction(db) as cur:
@@ -257,7 +182,7 @@ def test_record_deferred_backs_off_then_fails_when_exhausted(db):
     for attempt in (1, 2):
         message = _claim_one(db, account)
         assert outbox.record(db, message, deferral, account=account, policy=policy) == "queued"
-        stored = row(db, oid)
+        stored = outbox_row(db, oid)
         assert stored["attempts"] == attempt and stored["smtp_reply"] == "4.3.0 try later"
         with transaction(db) as cur:
             cur.execute(
@@ -268,7 +193,7 @@ def test_record_deferred_backs_off_then_fails_when_exhausted(db):
             cur.execute("UPDATE mail.outbox SET next_attempt_at = now()")
     message = _claim_one(db, account)
     assert outbox.record(db, message, deferral, account=account, policy=policy) == "failed"
-    stored = row(db, oid)
+    stored = outbox_row(db, oid)
     assert stored["status"] == "failed" and stored["attempts"] == 3
     assert "gave up after 3" in stored["last_error"] and stored["smtp_code"] == 451
 
@@ -281,13 +206,13 @@ def test_record_failed_keeps_reply(db):
         "failed", 554, "5.7.1 rejected as spam", "DATA", {message.recipients[0]: (250, "OK")}
     )
     assert outbox.record(db, message, delivery, account=account, policy=RetryPolicy()) == "failed"
-    stored = row(db, oid)
+    stored = outbox_row(db, oid)
     assert (stored["status"], stored["smtp_code"], stored["smtp_reply"]) == (
         "failed",
         554,
         "5.7.1 rejected as spam",
     )
-    assert list(recipients(db, oid).values()) == [("refused", 554, "5.7.1 rejected as spam")]
+    assert list(outbox_recipients(db, oid).values()) == [("refused", 554, "5.7.1 rejected as spam")]
 
 
 def test_record_dropped_after_dot_flags_uncertain(db):
@@ -299,12 +224,16 @@ def test_record_dropped_after_dot_flags_uncertain(db):
         outbox.record_dropped(
             db, message, "lost", after_dot=after_dot, account=account, policy=RetryPolicy()
         )
-    assert (row(db, a)["status"], row(db, a)["sent_uncertain"], row(db, a)["attempts"]) == (
+    assert (
+        outbox_row(db, a)["status"],
+        outbox_row(db, a)["sent_uncertain"],
+        outbox_row(db, a)["attempts"],
+    ) == (
         "queued",
         False,
         1,
     )
-    assert (row(db, b)["status"], row(db, b)["sent_uncertain"]) == ("queued", True)
+    assert (outbox_row(db, b)["status"], outbox_row(db, b)["sent_uncertain"]) == ("queued", True)
 
 
 def test_reclaim_stuck_marks_sent_uncertain(db):
@@ -317,12 +246,12 @@ def test_reclaim_stuck_marks_sent_uncertain(db):
             (old,),
         )
     assert outbox.reclaim_stuck(db, timeout_seconds=600) == [old]
-    stored = row(db, old)
+    stored = outbox_row(db, old)
     assert (
         stored["status"] == "queued" and stored["sent_uncertain"] and stored["claimed_by"] is None
     )
     assert "dead" in stored["last_error"]
-    assert row(db, fresh)["status"] == "sending"
+    assert outbox_row(db, fresh)["status"] == "sending"
 
 
 def test_release_returns_messages_untouched(db):
@@ -330,7 +259,7 @@ def test_release_returns_messages_untouched(db):
     ids = enqueue_many(db, account, 2)
     outbox.claim(db, account, worker="w", limit=2)
     assert outbox.release(db, ids, "account stopped") == 2
-    stored = row(db, ids[0])
+    stored = outbox_row(db, ids[0])
     assert (stored["status"], stored["attempts"], stored["sent_uncertain"]) == ("queued", 0, False)
     assert stored["last_error"] == "account stopped"
 
@@ -355,10 +284,10 @@ def test_a_late_verdict_never_overwrites_the_new_owner(db):
     late = Delivery("failed", 550, "5.0.0 late", "DATA", {stale.recipients[0]: (250, "OK")})
     outbox.record(db, stale, late, account=account, policy=RetryPolicy())
     assert outbox.release(db, [oid], "stale release", worker="slow") == 0
-    stored = row(db, oid)
+    stored = outbox_row(db, oid)
     assert (stored["status"], stored["claimed_by"]) == ("sending", "w2")
-    assert list(recipients(db, oid).values()) == [("pending", None, None)]
+    assert list(outbox_recipients(db, oid).values()) == [("pending", None, None)]
     ok = Delivery("sent", 250, "OK", "DATA", {fresh.recipients[0]: (250, "OK")})
     assert outbox.record(db, fresh, ok, account=account, policy=RetryPolicy()) == "sent"
-    stored = row(db, oid)
+    stored = outbox_row(db, oid)
     assert stored["status"] == "sent" and stored["sent_uncertain"]

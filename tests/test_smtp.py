@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from erpmail.smtp import SmtpAccountError, SmtpDropped, SmtpHook, classify
-from tests.test_outbox import make_mime
-
-
-def use_server(monkeypatch, server, conn_id="smtp_test", *, password=None, **extra) -> SmtpHook:
-    """Point the Airflow connection ``conn_id`` at ``server`` and return a hook for it."""
-    login, secret = server.credentials if server.users else (None, None)
-    extra.setdefault("ca_file", str(server.ca_file))
-    conn = {
-        "conn_type": "smtp",
-        "host": server.host,
-        "port": server.port,
-        "login": login,
-        "password": password if password is not None else secret,
-        "extra": extra,
-    }
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-    return SmtpHook(conn_id, account="Buchhaltung")
+from tests.mailaccounts import smtp_connection
+from tests.outboxmail import make_mime
 
 
 def test_starttls_send_keeps_bcc_out_of_the_headers(monkeypatch, smtp_server):
-    hook = use_server(monkeypatch, smtp_server)
+    hook = smtp_connection(monkeypatch, smtp_server)
     mime = make_mime("s1", ["kunde@customer.example"])
     session = hook.session()
     try:
@@ -47,7 +30,7 @@ def test_starttls_send_keeps_bcc_out_of_the_headers(monkeypatch, smtp_server):
 
 
 def test_session_is_reused_for_many_messages(monkeypatch, smtp_server):
-    hook = use_server(monkeypatch, smtp_server)
+    hook = smtp_connection(monkeypatch, smtp_server)
     session = hook.session()
     try:
         for i in range(3):
@@ -59,7 +42,7 @@ def test_session_is_reused_for_many_messages(monkeypatch, smtp_server):
 
 
 def test_leading_dots_are_stuffed(monkeypatch, smtp_server):
-    hook = use_server(monkeypatch, smtp_server)
+    hook = smtp_connection(monkeypatch, smtp_server)
     mime = b"Message-ID: <d@x>\r\nSubject: dots\r\n\r\n.hidden line\r\n..two\r\nend"
     session = hook.session()
     try:
@@ -70,7 +53,7 @@ def test_leading_dots_are_stuffed(monkeypatch, smtp_server):
 
 
 def test_implicit_tls(monkeypatch, smtps_server):
-    hook = use_server(monkeypatch, smtps_server, security="tls")
+    hook = smtp_connection(monkeypatch, smtps_server, security="tls")
     session = hook.session()
     try:
         delivery = session.send("ar@demo.example", ["k@c.example"], make_mime("t", ["k@c.example"]))
@@ -82,7 +65,7 @@ def test_implicit_tls(monkeypatch, smtps_server):
 
 def test_plain_only_when_the_connection_says_so(monkeypatch, smtp_server_no_starttls):
     server = smtp_server_no_starttls
-    hook = use_server(monkeypatch, server, security="none")
+    hook = smtp_connection(monkeypatch, server, security="none")
     session = hook.session()
     try:
         session.send("ar@demo.example", ["k@c.example"], make_mime("p", ["k@c.example"]))
@@ -103,7 +86,7 @@ def test_plain_only_when_the_connection_says_so(monkeypatch, smtp_server_no_star
 )
 def test_refusals_name_the_account_and_send_nothing(monkeypatch, request, fixture, extra, expected):
     server = request.getfixturevalue(fixture)
-    hook = use_server(monkeypatch, server, **extra)
+    hook = smtp_connection(monkeypatch, server, **extra)
     if extra.get("ca_file", "") is None:
         monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")  # keep the test CA out of the store
     with pytest.raises(SmtpAccountError, match=expected) as e:
@@ -115,7 +98,7 @@ def test_refusals_name_the_account_and_send_nothing(monkeypatch, request, fixtur
 
 
 def test_failed_login_names_account_never_password(monkeypatch, smtp_server):
-    hook = use_server(monkeypatch, smtp_server, password="Geheim-1234")
+    hook = smtp_connection(monkeypatch, smtp_server, password="Geheim-1234")
     with pytest.raises(SmtpAccountError, match="login as 'erpmail' refused: 535") as e:
         hook.session()
     assert "Buchhaltung" in str(e.value) and "Geheim-1234" not in str(e.value)
@@ -129,7 +112,7 @@ def test_unknown_connection_is_an_account_error():
 @pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA"])
 @pytest.mark.parametrize("reply", ["451 4.3.0 try again later", "550 5.7.1 not allowed"])
 def test_replies_are_classified_and_kept(monkeypatch, smtp_server, stage, reply):
-    hook = use_server(monkeypatch, smtp_server)
+    hook = smtp_connection(monkeypatch, smtp_server)
     smtp_server.fail(stage, reply, times=1)
     session = hook.session()
     try:
@@ -146,7 +129,7 @@ def test_replies_are_classified_and_kept(monkeypatch, smtp_server, stage, reply)
 
 
 def test_partial_refusal_reports_each_recipient(monkeypatch, smtp_server):
-    hook = use_server(monkeypatch, smtp_server)
+    hook = smtp_connection(monkeypatch, smtp_server)
     smtp_server.fail("RCPT", "550 5.1.1 unknown user", rcpt="gone@c.example")
     session = hook.session()
     try:
@@ -165,7 +148,7 @@ def test_partial_refusal_reports_each_recipient(monkeypatch, smtp_server):
 
 @pytest.mark.parametrize(("when", "recorded"), [("before_dot", 0), ("after_dot", 1)])
 def test_drop_inside_data(monkeypatch, smtp_server, when, recorded):
-    hook = use_server(monkeypatch, smtp_server)
+    hook = smtp_connection(monkeypatch, smtp_server)
     smtp_server.drop(when, times=1)
     session = hook.session()
     with pytest.raises(SmtpDropped) as e:
@@ -179,7 +162,7 @@ def test_drop_inside_data(monkeypatch, smtp_server, when, recorded):
 
 
 def test_reply_timeout_is_a_drop(monkeypatch, smtp_server):
-    hook = use_server(monkeypatch, smtp_server, timeout=0.5)
+    hook = smtp_connection(monkeypatch, smtp_server, timeout=0.5)
     smtp_server.delay("MAIL", 3, times=1)
     session = hook.session()
     with pytest.raises(SmtpDropped) as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import email
 import io
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 from email import policy
 
@@ -15,28 +15,15 @@ import psycopg2.extensions
 import pypdf
 import pytest
 
-from erpmail import accounts, archive, db, documents, statements
+from erpmail import archive, db, documents, statements
 from erpmail.documents import DocumentKind
 from erpmail.statements import BALANCE_CONFIRMATION, PAYMENT_ADVICE, OpenItem
+from tests.mailaccounts import SENDER, company_account
+from tests.partners import hand_balances, statement_partners
+from tests.pdftext import pdf_text
 
-SENDER = "buchhaltung@muster-handels.example.com"
 KEY = date.today()
 
-PARTNER = """
-UPDATE erp.partners SET is_customer = %s, is_supplier = %s, email = %s, email_blocked = false,
-       language = %s, country = 'DE'
- WHERE company = 'DEMO' AND number = %s RETURNING id"""
-CLEAR_PARTNER = """
-DELETE FROM erp.payment_lines WHERE partner_id = %(id)s;
-DELETE FROM erp.open_items WHERE partner_id = %(id)s;
-DELETE FROM erp.contacts WHERE partner_id = %(id)s"""
-ITEM = """
-INSERT INTO erp.open_items (partner_id, side, doc_number, doc_type, doc_date, due_date, amount,
-    open_amount, currency) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"""
-ALL_ITEMS = """
-SELECT p.number, o.side, o.open_amount, o.currency, o.doc_number, p.is_customer, p.is_supplier
-  FROM erp.open_items o JOIN erp.partners p ON p.id = o.partner_id
- WHERE o.open_amount <> 0 AND o.doc_date <= %s"""
 PARTNERS = "SELECT number, is_customer, is_supplier FROM erp.partners ORDER BY number"
 LETTERS = """
 SELECT p.number, l.id, l.status, l.paper_reason, l.recipient, l.totals, l.pdf_path, o.key,
@@ -66,11 +53,6 @@ def _rows(conn: psycopg2.extensions.connection, sql: str, *args) -> list[tuple]:
     with db.transaction(conn) as cur:
         cur.execute(sql, args)
         return cur.fetchall()
-
-
-def _text(pdf: bytes) -> str:
-    pages = pypdf.PdfReader(io.BytesIO(pdf)).pages
-    return "\n".join(page.extract_text() for page in pages).replace("\xa0", " ")
 
 
 # --- the rules, pure --------------------------------------------------------------------
@@ -113,54 +95,9 @@ def statements_db(seeded_db, tmp_path, monkeypatch):
     """Seeded data, partners 000001-000003 rebuilt by hand, a sending account, a temp store."""
     monkeypatch.setenv("ERPMAIL_ARCHIVE_URL", f"file://{tmp_path}/archive")
     with db.transaction(seeded_db) as cur:
-        # 000001: customer and supplier, two currencies: EUR 1000 - 150 - 400 = 450, CHF 250.50
-        p = _partner(cur, "000001", customer=True, supplier=True, language="de")
-        _open(cur, p, "receivable", "HB1-R1", "1000.00", 40)
-        _open(cur, p, "receivable", "HB1-CN", "-150.00", 5)
-        _open(cur, p, "payable", "HB1-P1", "400.00", 10)
-        _open(cur, p, "receivable", "HB1-CHF", "250.50", 3, currency="CHF")
-        # 000002: supplier only, in English: EUR -1234.56
-        p = _partner(cur, "000002", customer=False, supplier=True, language="en")
-        _open(cur, p, "payable", "HB2-P1", "1234.56", 0)
-        # 000003: customer and supplier whose sides cancel: zero balance
-        p = _partner(cur, "000003", customer=True, supplier=True, language="nl")
-        _open(cur, p, "receivable", "HB3-R1", "300.00", 1)
-        _open(cur, p, "payable", "HB3-P1", "300.00", 1)
-        accounts.create_account(
-            cur,
-            name="accounting",
-            conn_id="smtp_statements_test",
-            from_address=SENDER,
-            display_name="Muster Handels",
-            is_default=True,
-            send_interval_seconds=0,
-        )
+        statement_partners(cur, KEY)
+        company_account(cur)
     return seeded_db
-
-
-def _partner(cur, number: str, *, customer: bool, supplier: bool, language: str) -> int:
-    cur.execute(PARTNER, (customer, supplier, f"p{number}@example.com", language, number))
-    partner_id = cur.fetchone()[0]
-    cur.execute(CLEAR_PARTNER, {"id": partner_id})
-    return partner_id
-
-
-def _open(cur, partner_id: int, side: str, doc: str, amount: str, age: int, currency="EUR"):
-    value = Decimal(amount)
-    doc_date = KEY - timedelta(days=age)
-    doc_type = "invoice" if value > 0 else "credit_note"
-    cur.execute(ITEM, (partner_id, side, doc, doc_type, doc_date, doc_date, value, value, currency))
-    return cur.fetchone()[0]
-
-
-def _hand_balances(conn, side: str) -> dict[str, dict[str, Decimal]]:
-    """Per partner number the balance per currency, computed here from the raw items."""
-    sides = {"debtors": {"receivable"}, "creditors": {"payable"}, "both": {"receivable", "payable"}}
-    out: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for number, item_side, amount, currency, *_ in _rows(conn, ALL_ITEMS, KEY):
-        if item_side in sides[side]:
-            out[number][currency] += amount if item_side == "receivable" else -amount
-    return {n: dict(sorted(c.items())) for n, c in out.items()}
 
 
 def _select(conn, **kwargs) -> dict[str, dict[str, Decimal]]:
@@ -174,7 +111,7 @@ def _select(conn, **kwargs) -> dict[str, dict[str, Decimal]]:
 def test_selection_matches_balances_computed_from_the_items(statements_db) -> None:
     conn = statements_db
     for side in ("debtors", "creditors", "both"):
-        expected = {n: b for n, b in _hand_balances(conn, side).items() if any(b.values())}
+        expected = {n: b for n, b in hand_balances(conn, side, KEY).items() if any(b.values())}
         assert _select(conn, side=side) == expected, side
     both = _select(conn, side="both")
     assert both["000001"] == {"CHF": Decimal("250.50"), "EUR": Decimal("450.00")}
@@ -236,7 +173,7 @@ def test_balance_confirmation_pdfs_mail_and_rerun(statements_db) -> None:
     letters = {row[0]: row for row in _rows(conn, LETTERS, run_id)}
     expected = {
         n: b
-        for n, b in _hand_balances(conn, "both").items()
+        for n, b in hand_balances(conn, "both", KEY).items()
         if "000001" <= n <= "000012" and any(b.values())
     }
     assert set(letters) == set(expected)
@@ -245,7 +182,7 @@ def test_balance_confirmation_pdfs_mail_and_rerun(statements_db) -> None:
         assert row[2] in ("released", "paper"), row
 
     # the customer-and-supplier partner: one German letter, both sides, both currencies
-    text = _text(archive.read(letters["000001"][6]))
+    text = pdf_text(archive.read(letters["000001"][6]))
     for doc in ("HB1-R1", "HB1-CN", "HB1-P1", "HB1-CHF"):
         assert doc in text
     assert "-400,00 €" in text  # a payable counts against the partner
@@ -262,7 +199,7 @@ def test_balance_confirmation_pdfs_mail_and_rerun(statements_db) -> None:
     assert all("Antwort zur Saldenbestätigung" not in page.extract_text() for page in pages[:-1])
     assert "relnr 000001" in text and f"{run_id}-000001" in text
     # the supplier: English, in its favour
-    text = _text(archive.read(letters["000002"][6]))
+    text = pdf_text(archive.read(letters["000002"][6]))
     assert "€1,234.56" in text and "in your favour" in text and "HB1-R1" not in text
 
     # the mail: subject with the link keyword, the archived PDF attached
@@ -293,7 +230,7 @@ def test_creditor_confirmations_go_to_suppliers_only(statements_db) -> None:
     letters = {row[0]: row for row in _rows(conn, LETTERS, run_id)}
     roles = {n: (c, s) for n, c, s in _rows(conn, PARTNERS)}
     assert letters and all(roles[n][1] for n in letters)
-    text = _text(archive.read(letters["000001"][6]))
+    text = pdf_text(archive.read(letters["000001"][6]))
     assert "HB1-P1" in text and "HB1-R1" not in text and "HB1-CHF" not in text
     assert "zu Ihren Gunsten" in text
 
@@ -337,7 +274,7 @@ def test_payment_advice_lists_exactly_its_runs_lines(statements_db) -> None:
         for line in own:
             paid[line[7]] += line[6]
         assert {c: Decimal(v) for c, v in row[5].items()} == paid, number
-        text = _text(archive.read(row[6]))
+        text = pdf_text(archive.read(row[6]))
         for line in own:
             assert line[2] in text, (number, line)
         for other in lines:
@@ -348,7 +285,7 @@ def test_payment_advice_lists_exactly_its_runs_lines(statements_db) -> None:
     with_discount = [line for line in lines if line[8] == first and line[4]]
     if with_discount:
         line = with_discount[0]
-        text = _text(archive.read(letters[line[0]][6]))
+        text = pdf_text(archive.read(letters[line[0]][6]))
         assert "Skonto" in text or "Discount" in text or "Korting" in text
 
     # a second advice run for the same payment run advises nothing again

@@ -19,7 +19,7 @@ from erpmail.templates import (
     TemplateError,
     Templates,
 )
-from tests.test_pdf import load_contexts
+from tests.lettercontexts import load_contexts
 
 SUBJECT_WORD = {"de": "Kundennummer", "en": "customer number", "nl": "klantnummer"}
 

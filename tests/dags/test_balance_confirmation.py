@@ -5,23 +5,22 @@ reply imported from Dovecot by mailbox_import and linked to its partner."""
 from __future__ import annotations
 
 import email
-import io
-import json
 from decimal import Decimal
 from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 import pendulum
-import pypdf
 import pytest
 
-from erpmail import accounts, archive, db
+from erpmail import archive
 from erpmail.imap import ImapHook
 from tests import mailcorpus
-from tests.test_statements import _hand_balances, _open, _partner
+from tests.dags import dagtest
+from tests.mailaccounts import SENDER
+from tests.partners import hand_balances
+from tests.pdftext import pdf_text
 
-SENDER = "buchhaltung@muster-handels.example.com"
 REPLY = "saldenbestaetigung@muster-handels.example.com"
 TODAY = pendulum.today("Europe/Berlin").date()
 CONF = {
@@ -41,68 +40,16 @@ SELECT p.number, l.id, l.status, l.paper_reason, l.recipient, l.totals, l.pdf_pa
  WHERE l.run_id = %s ORDER BY p.number"""
 
 
-def _rows(conn, sql: str, *args) -> list[tuple]:
-    with db.transaction(conn) as cur:
-        cur.execute(sql, args)
-        return cur.fetchall()
-
-
-def _text(pdf: bytes) -> str:
-    pages = pypdf.PdfReader(io.BytesIO(pdf)).pages
-    return "\n".join(page.extract_text() for page in pages).replace("\xa0", " ")
-
-
-def _dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag().get_dag(dag_id)
-    assert dag is not None, f"{dag_id} not in the DAG folder"
-    return dag
-
-
 @pytest.fixture
-def setup(seeded_db, smtp_server, airflow_db, tmp_path, monkeypatch):
+def setup(statement_book, company_sender, smtp_server, airflow_db, tmp_path, monkeypatch):
+    """Partners 000001-000003 built by hand (000003 at zero), the company's account sending
+    through ``smtp_server``, a temp store."""
     monkeypatch.setenv("ERPMAIL_ARCHIVE_URL", f"file://{tmp_path}/archive")
-    user, password = smtp_server.credentials
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SMTP_STATEMENTS_TEST",
-        json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": smtp_server.host,
-                "port": smtp_server.port,
-                "login": user,
-                "password": password,
-                "extra": {"security": "starttls", "ca_file": str(smtp_server.ca_file)},
-            }
-        ),
-    )
-    with db.transaction(seeded_db) as cur:
-        # customer and supplier in two currencies: EUR 1000 - 150 - 400 = 450, CHF 250.50
-        p = _partner(cur, "000001", customer=True, supplier=True, language="de")
-        _open(cur, p, "receivable", "HB1-R1", "1000.00", 40)
-        _open(cur, p, "receivable", "HB1-CN", "-150.00", 5)
-        _open(cur, p, "payable", "HB1-P1", "400.00", 10)
-        _open(cur, p, "receivable", "HB1-CHF", "250.50", 3, currency="CHF")
-        # sides that cancel: a zero balance
-        p = _partner(cur, "000003", customer=True, supplier=True, language="nl")
-        _open(cur, p, "receivable", "HB3-R1", "300.00", 1)
-        _open(cur, p, "payable", "HB3-P1", "300.00", 1)
-        accounts.create_account(
-            cur,
-            name="accounting",
-            conn_id="smtp_statements_test",
-            from_address=SENDER,
-            display_name="Muster Handels",
-            sender_addresses=["muster-handels.example.com"],
-            is_default=True,
-            send_interval_seconds=0,
-        )
-    return seeded_db, smtp_server
+    return statement_book, smtp_server
 
 
 def _run(conf: dict, logical_date=None):
-    dr = _dag("balance_confirmation").test(
+    dr = dagtest.dag("balance_confirmation").test(
         run_conf=conf, logical_date=logical_date, run_after=logical_date
     )
     assert dr.state == "success"
@@ -114,15 +61,15 @@ def test_balance_confirmation_end_to_end_rerun_and_zero_balances(setup) -> None:
     conn, server = setup
     logical_date = pendulum.now("UTC")
     dr = _run(CONF, logical_date)
-    ((run_id, summary),) = _rows(
+    ((run_id, summary),) = dagtest.rows(
         conn, "SELECT id, summary FROM erp.runs WHERE airflow_run_id = %s", dr.run_id
     )
-    assert _dag("outbox_dispatch").test().state == "success"
+    assert dagtest.dag("outbox_dispatch").test().state == "success"
 
-    letters = {row[0]: row for row in _rows(conn, LETTERS, run_id)}
+    letters = {row[0]: row for row in dagtest.rows(conn, LETTERS, run_id)}
     expected = {
         n: b
-        for n, b in _hand_balances(conn, "both").items()
+        for n, b in hand_balances(conn, "both", TODAY).items()
         if "000001" <= n <= "000012" and any(b.values())
     }
     assert set(letters) == set(expected) and "000003" not in letters
@@ -134,7 +81,7 @@ def test_balance_confirmation_end_to_end_rerun_and_zero_balances(setup) -> None:
     # each mail carries its own letter's PDF with the hand-computed figures
     received = server.messages
     assert len(received) == sum(1 for row in letters.values() if row[2] == "sent")
-    outbox = dict(_rows(conn, "SELECT message_id, key FROM mail.outbox"))
+    outbox = dict(dagtest.rows(conn, "SELECT message_id, key FROM mail.outbox"))
     by_key = {row[7]: row for row in letters.values() if row[7]}
     for mail in received:
         message = email.message_from_bytes(mail.data, policy=policy.default)
@@ -144,29 +91,31 @@ def test_balance_confirmation_end_to_end_rerun_and_zero_balances(setup) -> None:
         assert message["Reply-To"] == REPLY  # the form's reply address, not the sender's
         (attachment,) = list(message.iter_attachments())
         assert attachment.get_content() == archive.read(letter[6])
-    text = _text(archive.read(letters["000001"][6]))
+    text = pdf_text(archive.read(letters["000001"][6]))
     for needle in ("HB1-R1", "HB1-CN", "HB1-P1", "HB1-CHF", "450,00 €", "250,50 CHF", REPLY):
         assert needle in text
-    batch = _text(archive.read(summary["print_batch"])) if summary["print_batch"] else ""
+    batch = pdf_text(archive.read(summary["print_batch"])) if summary["print_batch"] else ""
     for number, row in letters.items():
         assert (f"{run_id}-{number}" in batch) == (row[2] == "paper"), number
 
     # rerun the same Airflow run: the same letters and outbox rows, nothing sent twice
-    before = _rows(conn, LETTERS, run_id)
-    keys = _rows(conn, "SELECT id, key, message_id FROM mail.outbox ORDER BY id")
+    before = dagtest.rows(conn, LETTERS, run_id)
+    keys = dagtest.rows(conn, "SELECT id, key, message_id FROM mail.outbox ORDER BY id")
     dr2 = _run(CONF, logical_date)
     assert dr2.run_id == dr.run_id
-    assert _rows(conn, LETTERS, run_id) == before
-    assert _rows(conn, "SELECT id, key, message_id FROM mail.outbox ORDER BY id") == keys
-    assert _dag("outbox_dispatch").test().state == "success"
+    assert dagtest.rows(conn, LETTERS, run_id) == before
+    assert dagtest.rows(conn, "SELECT id, key, message_id FROM mail.outbox ORDER BY id") == keys
+    assert dagtest.dag("outbox_dispatch").test().state == "success"
     assert len(server.messages) == len(received)
 
     # a new run with zero balances included: 000003 now gets one, as a dry run nothing is sent
     dr3 = _run({**CONF, "include_zero": True, "dry_run": True, "partner_to": "000003"})
-    ((zero_run,),) = _rows(conn, "SELECT id FROM erp.runs WHERE airflow_run_id = %s", dr3.run_id)
-    dry = {row[0]: row for row in _rows(conn, LETTERS, zero_run)}
+    ((zero_run,),) = dagtest.rows(
+        conn, "SELECT id FROM erp.runs WHERE airflow_run_id = %s", dr3.run_id
+    )
+    dry = {row[0]: row for row in dagtest.rows(conn, LETTERS, zero_run)}
     assert "000003" in dry and dry["000003"][2] == "rendered" and dry["000003"][7] is None
-    text = _text(archive.read(dry["000003"][6]))
+    text = pdf_text(archive.read(dry["000003"][6]))
     assert "HB3-R1" in text and "HB3-P1" in text and "vereffend" in text
 
 
@@ -174,10 +123,14 @@ def test_balance_confirmation_end_to_end_rerun_and_zero_balances(setup) -> None:
 def test_creditor_letters_go_to_suppliers(setup) -> None:
     conn, _ = setup
     dr = _run({**CONF, "side": "creditors", "partner_to": "000030", "dry_run": True})
-    ((run_id,),) = _rows(conn, "SELECT id FROM erp.runs WHERE airflow_run_id = %s", dr.run_id)
-    letters = _rows(conn, LETTERS, run_id)
+    ((run_id,),) = dagtest.rows(
+        conn, "SELECT id FROM erp.runs WHERE airflow_run_id = %s", dr.run_id
+    )
+    letters = dagtest.rows(conn, LETTERS, run_id)
     expected = {
-        n for n, b in _hand_balances(conn, "creditors").items() if n <= "000030" and any(b.values())
+        n
+        for n, b in hand_balances(conn, "creditors", TODAY).items()
+        if n <= "000030" and any(b.values())
     }
     assert {row[0] for row in letters} == expected
     assert all(row[8] for row in letters)  # every one a supplier
@@ -189,7 +142,7 @@ def test_bad_params_are_refused(setup) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
     conn, _ = setup
-    dag = _dag("balance_confirmation")
+    dag = dagtest.dag("balance_confirmation")
     for bad in (
         {"key_date": "31.12.2025"},
         {"side": "everyone"},
@@ -201,23 +154,18 @@ def test_bad_params_are_refused(setup) -> None:
         with pytest.raises(ParamValidationError):
             dag.test(run_conf={**CONF, **bad})
     dr = dag.test(run_conf={**CONF, "partner_from": "000100", "partner_to": "000050"})
-    assert dr.state == "failed"
-    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
-    assert states["start"] == "failed" and states["generate"] != "success"
-    assert _rows(conn, "SELECT count(*) FROM erp.runs WHERE airflow_run_id = %s", dr.run_id) == [
-        (0,)
-    ]
+    dagtest.assert_refused_at_start(conn, dr)
 
 
 @pytest.mark.timeout(900)
 def test_reply_imported_from_dovecot_is_linked_to_its_partner(setup, imap_user, monkeypatch):
     conn, server = setup
     dr = _run({**CONF, "partner_to": "000001"})
-    assert _dag("outbox_dispatch").test().state == "success"
+    assert dagtest.dag("outbox_dispatch").test().state == "success"
     (sent,) = server.messages
     letter = email.message_from_bytes(sent.data, policy=policy.default)
     assert letter["Subject"].endswith("relnr 000001")
-    ((partner_id,),) = _rows(conn, "SELECT id FROM erp.partners WHERE number = '000001'")
+    ((partner_id,),) = dagtest.rows(conn, "SELECT id FROM erp.partners WHERE number = '000001'")
 
     # the partner's accountant answers from an address the ERP does not know, keeping the
     # subject; a second answer quotes nothing but the keyword (no In-Reply-To)
@@ -242,10 +190,10 @@ def test_reply_imported_from_dovecot_is_linked_to_its_partner(setup, imap_user, 
     location = mailcorpus.add_location(
         conn, "accounting inbox", "imap_statements", link_keywords={"relnr": "partner"}
     )
-    result = _dag("mailbox_import").test(run_conf={"location": location})
+    result = dagtest.dag("mailbox_import").test(run_conf={"location": location})
     assert result.state == "success"
 
-    links = _rows(
+    links = dagtest.rows(
         conn,
         "SELECT m.message_id, ml.entity_type, ml.entity_id, ml.method FROM mail.messages m "
         "JOIN mail.message_links ml ON ml.message_id = m.id WHERE m.direction = 'in' "
@@ -258,6 +206,8 @@ def test_reply_imported_from_dovecot_is_linked_to_its_partner(setup, imap_user, 
     )
     assert ("partner", partner_id, "reply") in answer
     assert ("partner", partner_id, "keyword") in keyword_only
-    statuses = _rows(conn, "SELECT status, defects FROM mail.messages WHERE direction = 'in'")
+    statuses = dagtest.rows(
+        conn, "SELECT status, defects FROM mail.messages WHERE direction = 'in'"
+    )
     assert statuses == [("linked", []), ("linked", [])]
     assert dr.state == "success"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from erpmail.db import transaction
-from tests.test_dispatch import account_on, statuses
-from tests.test_outbox import enqueue_many
+from tests.mailaccounts import account_on
+from tests.outboxmail import enqueue_many, outbox_statuses
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_run_sends_one_accounts_mail(dag, db, monkeypatch, smtp_server):
     enqueue_many(db, b, 2, prefix="b")
     dr = dag.test(run_conf={"account": "ar", "budget_seconds": 20})
     assert dr.state == "success"
-    assert statuses(db) == {"sent": 3, "queued": 2}
+    assert outbox_statuses(db) == {"sent": 3, "queued": 2}
     assert len(smtp_server.messages) == 3
     with transaction(db) as cur:
         cur.execute("SELECT key FROM mail.outbox WHERE status = 'queued' ORDER BY key")
@@ -45,7 +45,7 @@ def test_run_fails_when_an_account_cannot_send(dag, db, monkeypatch, smtp_server
     enqueue_many(db, account, 2)
     dr = dag.test(run_conf={"budget_seconds": 10})
     assert dr.state == "failed"
-    assert statuses(db) == {"queued": 2} and smtp_server_selfsigned.messages == []
+    assert outbox_statuses(db) == {"queued": 2} and smtp_server_selfsigned.messages == []
 
 
 def test_bad_param_is_refused(dag):

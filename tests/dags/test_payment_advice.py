@@ -13,9 +13,8 @@ import pendulum
 import pytest
 
 from erpmail import archive, db
-from tests.dags.test_balance_confirmation import _dag, _rows, _text
-from tests.dags.test_balance_confirmation import setup as setup  # noqa: F401 - the fixture
-from tests.test_statements import seeded_payment_runs
+from tests.dags import dagtest
+from tests.pdftext import pdf_text
 
 TODAY = pendulum.today("Europe/Berlin").date()
 LETTERS = """
@@ -24,6 +23,7 @@ SELECT p.number, l.id, l.status, l.paper_reason, l.recipient, l.totals, l.pdf_pa
   FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
   LEFT JOIN mail.outbox o ON o.id = l.outbox_id
  WHERE l.run_id = %s ORDER BY p.number"""
+PAYMENT_RUNS = "SELECT number FROM erp.payment_runs WHERE company = 'DEMO'"
 LINES = """
 SELECT p.number, pl.id, pl.doc_number, pl.gross_amount, pl.discount, pl.fees, pl.paid_amount,
        pl.currency, r.number
@@ -38,10 +38,13 @@ DELETE FROM erp.payment_lines pl USING erp.payment_runs r, erp.partners p
 
 
 @pytest.fixture
-def payment_runs(setup):
-    conn, server = setup
-    first, second = sorted(seeded_payment_runs(conn))
-    lines = _rows(conn, LINES)
+def payment_runs(statement_book, company_sender, smtp_server, airflow_db, tmp_path, monkeypatch):
+    """The seed's two payment runs, the first cut down to six payees; the company's account
+    sending through ``smtp_server``, a temp store."""
+    monkeypatch.setenv("ERPMAIL_ARCHIVE_URL", f"file://{tmp_path}/archive")
+    conn, server = statement_book, smtp_server
+    first, second = sorted(number for (number,) in dagtest.rows(conn, PAYMENT_RUNS))
+    lines = dagtest.rows(conn, LINES)
     in_second = {n for n, *_, run in lines if run == second}
     payees = sorted({n for n, *_, run in lines if run == first})
     both = [n for n in payees if n in in_second][:2]
@@ -60,17 +63,17 @@ def test_payment_advice_lists_exactly_its_runs_lines_and_reruns_send_nothing_twi
     conn, server, first, second, payees = payment_runs
     conf = {"payment_run": first, "company": "DEMO", "note": "test"}
     logical_date = pendulum.now("UTC")
-    dag = _dag("payment_advice")
+    dag = dagtest.dag("payment_advice")
     dr = dag.test(run_conf=conf, logical_date=logical_date, run_after=logical_date)
     assert dr.state == "success"
-    ((run_id, key_date),) = _rows(
+    ((run_id, key_date),) = dagtest.rows(
         conn, "SELECT id, key_date FROM erp.runs WHERE airflow_run_id = %s", dr.run_id
     )
     assert key_date == TODAY  # the payment date
-    assert _dag("outbox_dispatch").test().state == "success"
+    assert dagtest.dag("outbox_dispatch").test().state == "success"
 
-    lines = _rows(conn, LINES)
-    letters = {row[0]: row for row in _rows(conn, LETTERS, run_id)}
+    lines = dagtest.rows(conn, LINES)
+    letters = {row[0]: row for row in dagtest.rows(conn, LETTERS, run_id)}
     assert sorted(letters) == payees
     for number, row in letters.items():
         own = [line for line in lines if line[0] == number and line[8] == first]
@@ -80,14 +83,14 @@ def test_payment_advice_lists_exactly_its_runs_lines_and_reruns_send_nothing_twi
             paid[line[7]] += line[6]
         assert {c: Decimal(v) for c, v in row[5].items()} == paid, number
         assert row[2] in ("sent", "paper"), row
-        text = _text(archive.read(row[6]))
+        text = pdf_text(archive.read(row[6]))
         for line in own:
             assert line[2] in text, (number, line[2])
         for other in lines:
             if other[0] == number and other[8] == second:
                 assert other[2] not in text, (number, other[2])
     # exactly the run's lines are on its letters, each once
-    listed = _rows(
+    listed = dagtest.rows(
         conn,
         "SELECT lpl.payment_line_id FROM erp.letter_payment_lines lpl "
         "JOIN erp.letters l ON l.id = lpl.letter_id WHERE l.run_id = %s ORDER BY 1",
@@ -97,7 +100,7 @@ def test_payment_advice_lists_exactly_its_runs_lines_and_reruns_send_nothing_twi
 
     # each mail carries its payee's archived PDF
     received = server.messages
-    outbox = dict(_rows(conn, "SELECT message_id, key FROM mail.outbox"))
+    outbox = dict(dagtest.rows(conn, "SELECT message_id, key FROM mail.outbox"))
     by_key = {row[7]: row for row in letters.values() if row[7]}
     assert len(received) == sum(1 for row in letters.values() if row[2] == "sent")
     for mail in received:
@@ -110,17 +113,19 @@ def test_payment_advice_lists_exactly_its_runs_lines_and_reruns_send_nothing_twi
 
     # rerun the same Airflow run: nothing new; a new Airflow run for the same payment run:
     # no letter at all, since every line was advised
-    before = _rows(conn, LETTERS, run_id)
-    keys = _rows(conn, "SELECT id, key FROM mail.outbox ORDER BY id")
+    before = dagtest.rows(conn, LETTERS, run_id)
+    keys = dagtest.rows(conn, "SELECT id, key FROM mail.outbox ORDER BY id")
     dr2 = dag.test(run_conf=conf, logical_date=logical_date, run_after=logical_date)
     assert (dr2.run_id, dr2.state) == (dr.run_id, "success")
     dr3 = dag.test(run_conf=conf)
     assert dr3.state == "success" and dr3.run_id != dr.run_id
-    ((again,),) = _rows(conn, "SELECT id FROM erp.runs WHERE airflow_run_id = %s", dr3.run_id)
-    assert _rows(conn, LETTERS, again) == []
-    assert _rows(conn, LETTERS, run_id) == before
-    assert _rows(conn, "SELECT id, key FROM mail.outbox ORDER BY id") == keys
-    assert _dag("outbox_dispatch").test().state == "success"
+    ((again,),) = dagtest.rows(
+        conn, "SELECT id FROM erp.runs WHERE airflow_run_id = %s", dr3.run_id
+    )
+    assert dagtest.rows(conn, LETTERS, again) == []
+    assert dagtest.rows(conn, LETTERS, run_id) == before
+    assert dagtest.rows(conn, "SELECT id, key FROM mail.outbox ORDER BY id") == keys
+    assert dagtest.dag("outbox_dispatch").test().state == "success"
     assert len(server.messages) == len(received)
 
 
@@ -128,7 +133,7 @@ def test_bad_params_and_unknown_payment_runs_are_refused(payment_runs) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
     conn, _, first, _, _ = payment_runs
-    dag = _dag("payment_advice")
+    dag = dagtest.dag("payment_advice")
     for bad in ({"payment_run": ""}, {"payment_run": "P1; drop"}, {"company": "demo"}):
         with pytest.raises(ParamValidationError):
             dag.test(run_conf={"payment_run": first, **bad})
@@ -142,9 +147,4 @@ def test_bad_params_and_unknown_payment_runs_are_refused(payment_runs) -> None:
         )
     for number in ("NOPE", "PROPOSED"):
         dr = dag.test(run_conf={"payment_run": number})
-        assert dr.state == "failed"
-        states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
-        assert states["start"] == "failed" and states["generate"] != "success"
-        assert _rows(
-            conn, "SELECT count(*) FROM erp.runs WHERE airflow_run_id = %s", dr.run_id
-        ) == [(0,)]
+        dagtest.assert_refused_at_start(conn, dr)
