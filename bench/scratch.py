@@ -70,16 +70,8 @@ def scratch_database(
 def airflow_home() -> str:
     """Point Airflow at a new temp home (SQLite metadata, this repository's DAGs); call before
     anything imports airflow, which reads its configuration at import. Returns the home."""
+    from erpmail import airflow_home as settings_of
+
     home = tempfile.mkdtemp(prefix="erpmail-bench-airflow-")
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": home,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": f"{home}/logs",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        }
-    )
+    os.environ.update(settings_of.settings(home), AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING")
     return home

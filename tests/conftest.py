@@ -18,19 +18,11 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
+from erpmail import airflow_home
+
 ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="erpmail-airflow-")
-os.environ.update(
-    {
-        "AIRFLOW_HOME": _AIRFLOW_HOME,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": f"{_AIRFLOW_HOME}/logs",
-    }
-)
+os.environ.update(airflow_home.settings(_AIRFLOW_HOME), AIRFLOW__CORE__UNIT_TEST_MODE="True")
 # Code under test must never reach a developer's own configured database.
 for _var in ("AIRFLOW_CONN_ERP_DB", "ERPMAIL_DB_URL"):
     os.environ.pop(_var, None)

@@ -29,6 +29,7 @@ import pendulum
 import psycopg2
 
 from erpmail import accounts, archive, db, seed
+from erpmail.airflow_home import settings
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,7 @@ def run_demo(partners: int = 200) -> int:
     key_date = pendulum.today("Europe/Berlin").to_date_string()
     env = {
         **os.environ,
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(db.ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(db.ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home}/airflow.db",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+        **settings(airflow_home),
         "ERPMAIL_DB_URL": url,
         f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(
             {"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": {"security": "none"}}
