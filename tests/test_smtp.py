@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from erpmail.smtp import SmtpAccountError, SmtpDropped, SmtpHook, classify
+from erpmail.smtp import SmtpAccountError, SmtpDropped, SmtpHook, classify, stuff_dots
 from tests.mailaccounts import smtp_connection
 from tests.outboxmail import make_mime
 
@@ -50,6 +52,22 @@ def test_leading_dots_are_stuffed(monkeypatch, smtp_server):
     finally:
         session.close()
     assert smtp_server.messages[0].data == mime + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    "mime",
+    [
+        b"",
+        b".",
+        b"..\r\n.",
+        b"no dot at a line start. a.b.c\r\n",
+        b"a\r\n.b\r\nc\n.d\r.e",  # a bare CR starts no line for the server either
+        b"." + b"x." * 100 + b"\r\n.end",  # more dots than stuff_dots hops over
+        b"x." * 100 + b"\r\nno dot after",
+    ],
+)
+def test_stuff_dots_matches_smtplib(mime):
+    assert stuff_dots(mime) == re.sub(rb"(?m)^\.", b"..", mime)
 
 
 def test_implicit_tls(monkeypatch, smtps_server):

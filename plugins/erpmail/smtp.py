@@ -26,7 +26,6 @@ Outcome = Literal["sent", "deferred", "failed"]
 
 # Queue ids as Postfix ("queued as 4Xyz"), Exim ("id=1abc-00") and others report them.
 _QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9._-]+)|\bid=([A-Za-z0-9._-]+)", re.IGNORECASE)
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class SmtpAccountError(Exception):
@@ -84,6 +83,24 @@ def _text(reply: bytes | str) -> str:
 def _queue_id(reply: str) -> str | None:
     m = _QUEUE_ID.search(reply)
     return (m.group(1) or m.group(2)) if m else None
+
+
+def stuff_dots(mime: bytes) -> bytes:
+    """``mime`` with a dot doubled at the start of every line (RFC 5321 4.5.2).
+
+    The same bytes as smtplib's ``re.sub(rb"(?m)^\\.", b"..", mime)``, cheaper: that regex
+    tries every byte (0.4 ms for 42 KB), while dots are few in mail (none in base64), so
+    ``bytes.find`` hops between them and most messages come back as they are.
+    """
+    at = mime.find(b".")
+    for _ in range(64):  # past that many dots, one linear pass costs less than hopping
+        if at == -1:
+            return mime
+        if at == 0 or mime[at - 1] == 0x0A:  # a line starts with a dot
+            break
+        at = mime.find(b".", at + 1)
+    stuffed = mime.replace(b"\n.", b"\n..")
+    return b"." + stuffed if mime.startswith(b".") else stuffed
 
 
 class SmtpSession:
@@ -168,7 +185,7 @@ class SmtpSession:
         code, reply = self._command(lambda: (c.putcmd("data"), c.getreply())[1], after_dot=False)
         if code != 354:
             return code, reply
-        payload = _LEADING_DOT.sub(b"..", mime)
+        payload = stuff_dots(mime)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
         try:
