@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from email.message import EmailMessage
 
 import pytest
@@ -184,3 +185,61 @@ def test_date_as_the_date_header_reads_it(value):
         expected = expected.replace(tzinfo=mailparse.UTC)
     assert parsed.sent_date == expected
     assert ("InvalidDateDefect" in parsed.defects) == (header.datetime is None)
+
+
+def _multipart(boundary: str, closing: str) -> bytes:
+    return (
+        "From: a@example.org\r\nDate: Fri, 01 Mar 2024 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\npreamble\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\nfirst\r\n"
+        f"--{boundary} \t\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64"
+        f'\r\nContent-Disposition: attachment; filename="x.pdf"\r\n\r\nJVBERi0x\r\nLjQK\r\n'
+        f"--{boundary}x\r\nnot a boundary\r\n{closing}epilogue\r\n"
+    ).encode("utf-8", "surrogateescape")
+
+
+BOUNDARY_MAILS = [
+    _multipart(b, c)
+    for b in ("simple", "===============1234==", "a.b(c)d*e+f?g[h]i{j}|k^l$m", "with space", "\\")
+    for c in ("--{b}--\r\n", "--{b}--", "")
+]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [m.replace(b"{b}", m.split(b'boundary="')[1].split(b'"')[0]) for m in BOUNDARY_MAILS]
+    + [raw for _, raw in mailcorpus.malformed()],
+    ids=lambda v: v[170:220].decode("latin-1"),
+)
+def test_boundary_lines_matched_as_the_compiled_pattern_would(raw, monkeypatch):
+    """The feedparser's boundary patterns are not compiled (mailparse._FeedparserRe); the
+    result must be what the compiled pattern gives, attachments and defects included."""
+    from email import feedparser
+
+    def materialised(mail: mailparse.ParsedMail) -> dict:
+        out = _fields(mail)
+        out["attachments"] = [(a.filename, b"".join(a.chunks())) for a in mail.attachments]
+        out["defects"] = list(mail.defects)
+        return out
+
+    assert isinstance(feedparser.re, mailparse._FeedparserRe)
+    fast = materialised(mailparse.parse(raw))
+    monkeypatch.setattr(feedparser, "re", re)
+    assert fast == materialised(mailparse.parse(raw))
+
+
+def test_base64_with_stray_characters_decodes_as_before():
+    body = "JVBERi0x\r\nLjQK\r\n"
+    for payload, expected in (
+        (body, b"%PDF-1.4\n"),
+        ("JVBE Ri0x\r\n\tLjQK!\r\n", b"%PDF-1.4\n"),
+        ("JVBERi0x\nLjQK\n", b"%PDF-1.4\n"),
+    ):
+        msg = EmailMessage()
+        msg["From"] = "a@example.org"
+        msg.set_content("text")
+        msg.add_attachment(b"", maintype="application", subtype="pdf", filename="x.pdf")
+        part = list(msg.iter_attachments())[0]
+        part.set_payload(payload)
+        parsed = mailparse.parse(msg.as_bytes())
+        assert b"".join(parsed.attachments[0].chunks()) == expected
