@@ -523,23 +523,74 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _prepare_all(
-    pool: Executor | None, mails: list[tuple[_Candidate, bytes]], keep: bool
-) -> list[_Prepared]:
-    args = [(raw, keep) for _, raw in mails]
-    prepared = None
-    if pool is not None:
-        try:
-            prepared = list(
-                pool.map(_prepare, *zip(*args, strict=True), chunksize=max(1, len(args) // 8))
-            )
-        except Exception:  # a worker died: this chunk is parsed here instead
-            log.warning("parsing workers failed; parsing this chunk in process", exc_info=True)
-    if prepared is None:
-        prepared = [_prepare(*a) for a in args]
-    for item, (cand, raw) in zip(prepared, mails, strict=True):
-        item.uid, item.received, item.raw = cand.uid, cand.internal_date, raw
-    return prepared
+class _Parsing:
+    """The parse of one chunk's pooled mails, started in the workers; ``result()`` waits."""
+
+    def __init__(self, pool: Executor | None, mails: list[tuple[_Candidate, bytes]], keep: bool):
+        self.mails, self.keep, self.pending = mails, keep, None
+        if pool is not None and mails:
+            raws = [raw for _, raw in mails]
+            try:
+                # Executor.map submits every task now; the results are read in result()
+                self.pending = pool.map(
+                    _prepare, raws, [keep] * len(raws), chunksize=max(1, len(raws) // 8)
+                )
+            except Exception:  # a broken pool: parse in process
+                log.warning("parsing workers failed; parsing this chunk in process", exc_info=True)
+
+    def result(self) -> list[_Prepared]:
+        prepared = None
+        if self.pending is not None:
+            try:
+                prepared = list(self.pending)
+            except Exception:  # a worker died: this chunk is parsed here instead
+                log.warning("parsing workers failed; parsing this chunk in process", exc_info=True)
+        if prepared is None:
+            prepared = [_prepare(raw, self.keep) for _, raw in self.mails]
+        for item, (cand, raw) in zip(prepared, self.mails, strict=True):
+            item.uid, item.received, item.raw = cand.uid, cand.internal_date, raw
+        self.pending = None
+        return prepared
+
+
+@dataclass
+class _Chunk:
+    """One chunk sorted out before its transaction: what to skip, to parse, to take alone."""
+
+    candidates: list[_Candidate]
+    oversize: list[_Candidate]
+    known: list[int]  # UIDs whose Message-ID is stored already (rescans)
+    pooled: list[tuple[_Candidate, bytes]]
+    single: list[tuple[_Candidate, bytes | None]]
+    parsing: _Parsing
+
+
+def _sort_out(
+    location: Location,
+    pool: Executor | None,
+    candidates: list[_Candidate],
+    fetched: dict,
+    known: set[str],
+) -> _Chunk:
+    """Split a fetched chunk and start parsing the mails the workers take."""
+    oversize, done, pooled, single = [], [], [], []
+    # tickets and autoreplies go mail by mail: each may depend on the one before
+    bulk = not (location.ticket_enabled or location.autoreply_enabled)
+    for cand in candidates:
+        if cand.size > location.max_message_bytes:
+            oversize.append(cand)
+            continue
+        if cand.message_id in known:
+            done.append(cand.uid)
+            continue
+        item = fetched.pop(cand.uid, None) if cand.size <= FETCH_CHUNK_BYTES else None
+        raw = item.get(b"BODY[]") if item else None
+        if bulk and raw is not None and len(raw) <= POOL_MAIL_BYTES:
+            pooled.append((cand, raw))
+        else:
+            single.append((cand, raw))
+    parsing = _Parsing(pool, pooled, location.store_attachments)
+    return _Chunk(candidates, oversize, done, pooled, single, parsing)
 
 
 @dataclass
@@ -885,18 +936,29 @@ def _run(
         # the pool forks before the IMAP thread exists; the thread owns the IMAP session
         pool = _start_pool(sum(c.size <= POOL_MAIL_BYTES for c in candidates))
         imap = ThreadPoolExecutor(1, thread_name_prefix="imap")
+        fetches = []
+
+        def sorted_out(n: int) -> _Chunk:
+            # waits for chunk n's fetch, starts fetching n + 1 and parsing n
+            fetched = fetches[n].result()
+            if n + 1 < len(chunks):
+                fetches.append(imap.submit(_fetch, client, wanted(chunks[n + 1])))
+            return _sort_out(location, pool, chunks[n], fetched, known)
+
         try:
-            pending = imap.submit(_fetch, client, wanted(chunks[0])) if chunks else None
-            for n, chunk in enumerate(chunks):
-                fetched = pending.result()
-                # fetch the next chunk while this one is parsed and stored
+            if chunks:
+                fetches.append(imap.submit(_fetch, client, wanted(chunks[0])))
+                ahead = sorted_out(0)
+            for n in range(len(chunks)):
+                current = ahead
+                # the workers parse the next chunk while this one is stored and committed
                 if n + 1 < len(chunks):
-                    pending = imap.submit(_fetch, client, wanted(chunks[n + 1]))
+                    ahead = sorted_out(n + 1)
                 advance = _batch(
-                    client, imap, pool, conn, location, summary, chunk, fetched, known,
-                    uidvalidity, day, fault, advance,
+                    client, imap, conn, location, summary, current, uidvalidity, day, fault,
+                    advance,
                 )  # fmt: skip
-                done += len(chunk)
+                done += len(current.candidates)
                 progress.tick(done)
         finally:
             imap.shutdown(wait=True, cancel_futures=True)
@@ -908,63 +970,45 @@ def _run(
 def _batch(
     client,
     imap: Executor,
-    pool: Executor | None,
     conn,
     location: Location,
     summary: Summary,
-    batch: list[_Candidate],
-    fetched: dict,
-    known: set[str],
+    chunk: _Chunk,
     uidvalidity: int,
     day: date,
     fault: Callable[[str], None] | None,
     advance: bool,
 ) -> bool:
     """Store one chunk in one transaction, then change the server; False once one failed."""
-    done: list[int] = []
+    done: list[int] = list(chunk.known)
+    summary.duplicates += len(chunk.known)
     keys: list[str] = []
     failed = False
+    single = chunk.single
     with db.transaction(conn) as cur:
-        wanted = []
-        for cand in batch:
-            if cand.size > location.max_message_bytes:
-                summary.oversize += 1
-                cur.execute(
-                    RECORD_SKIPPED,
-                    (
-                        location.id,
-                        location.folder,
-                        uidvalidity,
-                        cand.uid,
-                        cand.size,
-                        f"size {cand.size} bytes over the limit {location.max_message_bytes}",
-                        cand.internal_date,
-                    ),
-                )
-                log.warning(
-                    "%s: UID %s is %d bytes, over the limit of %d; left on the server",
-                    location.name,
+        for cand in chunk.oversize:
+            summary.oversize += 1
+            cur.execute(
+                RECORD_SKIPPED,
+                (
+                    location.id,
+                    location.folder,
+                    uidvalidity,
                     cand.uid,
                     cand.size,
-                    location.max_message_bytes,
-                )
-            elif cand.message_id in known:
-                summary.duplicates += 1
-                done.append(cand.uid)
-            else:
-                wanted.append(cand)
-        # tickets and autoreplies go mail by mail: each may depend on the one before
-        bulk = not (location.ticket_enabled or location.autoreply_enabled)
-        pooled, single = [], []
-        for cand in wanted:
-            item = fetched.pop(cand.uid, None) if cand.size <= FETCH_CHUNK_BYTES else None
-            raw = item.get(b"BODY[]") if item else None
-            if bulk and raw is not None and len(raw) <= POOL_MAIL_BYTES:
-                pooled.append((cand, raw))
-            else:
-                single.append((cand, raw))
-        if pooled:
-            prepared = _prepare_all(pool, pooled, location.store_attachments)
+                    f"size {cand.size} bytes over the limit {location.max_message_bytes}",
+                    cand.internal_date,
+                ),
+            )
+            log.warning(
+                "%s: UID %s is %d bytes, over the limit of %d; left on the server",
+                location.name,
+                cand.uid,
+                cand.size,
+                location.max_message_bytes,
+            )
+        if chunk.pooled:
+            prepared = chunk.parsing.result()
             cur.execute("SAVEPOINT chunk")
             try:
                 uids, new, duplicates = _store_chunk(cur, location, uidvalidity, prepared, keys)
@@ -973,10 +1017,10 @@ def _batch(
                 log.warning(
                     "%s: storing %d mails together failed; storing them one by one",
                     location.name,
-                    len(pooled),
+                    len(chunk.pooled),
                     exc_info=True,
                 )
-                single = pooled + single
+                single = chunk.pooled + single
             else:
                 cur.execute("RELEASE SAVEPOINT chunk")
                 done.extend(uids)
@@ -984,7 +1028,7 @@ def _batch(
                 for mail_id, status, size in new:
                     _count(summary, Stored(mail_id, True, status), size)
             del prepared
-        del pooled
+        chunk.pooled = chunk.single = []
         cur.execute("SAVEPOINT mail")  # each mail fails alone, rolled back to here
         while single:
             cand, raw = single.pop(0)
@@ -1031,7 +1075,7 @@ def _batch(
     imap.submit(_server_action, client, location, done).result()
     advance = advance and not failed
     if advance:
-        top = max(c.uid for c in batch)
+        top = max(c.uid for c in chunk.candidates)
         with db.transaction(conn) as cur:
             cur.execute(ADVANCE_WATERMARK, (top, location.id, location.folder, uidvalidity, top))
     return advance
