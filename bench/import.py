@@ -5,7 +5,12 @@ plain, HTML-alternative, attachment and latin-1 mails, some linking by keyword o
   bare      login, select, then UID FETCH BODY.PEEK[] in chunks of --chunk UIDs; nothing kept
   import    erpmail.mailimport.import_location: the same fetches plus parse, dedupe, .eml and
             attachments to the store, linking, rows in PostgreSQL, commit, flag as seen
-Both run --rounds times, alternating; the best round of each counts. Needs root (Dovecot)
+Both run --rounds times, alternating; the best round of each counts. Two parts of the
+import's work are also timed alone, on the same mails in the same run, as ratios to bare:
+  parse     the stdlib parser alone (BytesParser, policy default, with erpmail.mailparse's
+            boundary matcher), one process per core: no fetch, no storage, no database
+  files     one new file per mail in the store's file system, one syncfs at the end
+An import that parses every mail and stores each as its own .eml cannot beat either ratio. Needs root (Dovecot)
 and PostgreSQL at ERPMAIL_TEST_DB_URL (default postgresql://postgres@127.0.0.1:5432/test).
 
     .venv/bin/python bench/import.py [--mails 2000] [--chunk 100] [--rounds 2] [--attachment-kb 0]
@@ -85,6 +90,42 @@ def bare(user, ca_file: str, chunk: int) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
+def _parse(raw: bytes) -> None:
+    from email import policy
+    from email.parser import BytesParser
+
+    BytesParser(policy=policy.default).parsebytes(raw)
+
+
+def parse_floor(mails: list[bytes]) -> float:
+    """Seconds for the stdlib parser alone over ``mails``, one forked process per core."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = os.cpu_count() or 1
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        pool.submit(int).result()  # the workers are up before the clock starts
+        started = time.perf_counter()
+        for _ in pool.map(_parse, mails, chunksize=max(1, len(mails) // (8 * workers))):
+            pass
+        return time.perf_counter() - started
+
+
+def files_floor(mails: list[bytes], folder: Path) -> float:
+    """Seconds to write each mail to its own new file under ``folder``, then one sync."""
+    from erpmail import archive
+
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
+    for n, raw in enumerate(mails):
+        with open(folder / f"{n}.eml", "wb") as out:
+            out.write(raw)
+    archive._syncfs(folder)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(folder)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mails", type=int, default=2000)
@@ -139,10 +180,12 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
             location = cur.fetchone()[0]
         conn.commit()
 
-        bare_times, import_times = [], []
+        bare_times, import_times, parse_times, file_times = [], [], [], []
         for round_ in range(args.rounds):
             seconds, size = bare(user, str(certs.ca_cert), args.chunk)
             bare_times.append(seconds)
+            parse_times.append(parse_floor(mails))
+            file_times.append(files_floor(mails, tmp / f"files{round_}"))
             # a fresh start for the import: no rows, no watermark, an empty store
             with conn.cursor() as cur:
                 cur.execute("TRUNCATE mail.messages, mail.import_watermarks CASCADE")
@@ -165,7 +208,9 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
             assert summary.new == len(mails) and summary.failed == 0, str(summary)
             print(
                 f"round {round_ + 1}: bare {len(mails) / seconds:7.0f} mails/s   "
-                f"import {len(mails) / import_times[-1]:7.0f} mails/s"
+                f"import {len(mails) / import_times[-1]:7.0f} mails/s   "
+                f"parse alone {len(mails) / parse_times[-1]:7.0f}   "
+                f"files alone {len(mails) / file_times[-1]:7.0f}"
             )
         conn.close()
         bare_rate = len(mails) / min(bare_times)
@@ -173,6 +218,15 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
         print(f"bare UID FETCH BODY.PEEK[] loop : {bare_rate:8.0f} mails/s ({size / 1e6:.1f} MB)")
         print(f"erpmail import                  : {import_rate:8.0f} mails/s")
         print(f"ratio import / bare             : {import_rate / bare_rate:8.2f}  (target >= 0.7)")
+        cores = os.cpu_count() or 1
+        for label, times in (
+            (f"stdlib parse alone, {cores} procs  ", parse_times),
+            ("one file per mail alone        ", file_times),
+        ):
+            rate = len(mails) / min(times)
+            print(
+                f"{label}: {rate:8.0f} mails/s = {rate / bare_rate:.2f} of bare (a floor of the import's cost)"
+            )
 
 
 if __name__ == "__main__":
