@@ -225,7 +225,7 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
         ):
             rate = len(mails) / min(times)
             print(
-                f"{label}: {rate:8.0f} mails/s = {rate / bare_rate:.2f} of bare (a floor of the import's cost)"
+                f"{label}: {rate:8.0f} mails/s = {rate / bare_rate:.2f} of bare , a ceiling for the import"
             )
 
 
