@@ -636,3 +636,59 @@ def test_summary_reads_like_a_report():
     assert "sales: deleted 1,200 mails (5.0 MB) archived before 2026-02-13" in text
     assert "sent: keeps everything" in text
     json.dumps(summary)
+
+
+def test_a_mail_imported_again_while_its_file_is_purged_keeps_its_file(db, db_url, store):
+    """Archive files are named by content: an import of a purged mail's bytes reuses the name.
+    The purge's file removal waits for the import's transaction, then sees its row."""
+    from erpmail import mailimport
+
+    loc = _location(db, "sales")
+    raw = b"From: a@example.org\r\nDate: Fri, 01 Mar 2024 10:00:00 +0000\r\n\r\nagain\r\n"
+    received = pendulum.datetime(2024, 3, 1, tz="UTC")
+    with transaction(db) as cur:
+        location = mailimport.load_location(cur, loc)
+        first = mailimport.import_message(cur, location, raw, received=received)
+        cur.execute("SELECT eml_path FROM mail.messages WHERE id = %s", (first.message_row_id,))
+        key = cur.fetchone()[0]
+    with transaction(db) as cur:  # the purge's batch has deleted the row and committed
+        cur.execute("DELETE FROM mail.messages WHERE id = %s", (first.message_row_id,))
+
+    importer = psycopg2.connect(db_url)
+    remover = psycopg2.connect(db_url)
+    try:
+        with importer.cursor() as cur:  # the same bytes come in again, not yet committed
+            again = mailimport.import_message(cur, location, raw, received=received)
+        assert again.new and archive.exists(key)
+        with remover.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            remover_pid = cur.fetchone()[0]
+        remover.commit()
+        removal = {}
+        thread = threading.Thread(
+            target=lambda: removal.update(result=retention._remove_unshared(remover, [key]))
+        )
+        thread.start()
+        waiting = False
+        for _ in range(200):  # until the removal waits for the import's lock
+            with transaction(db) as cur:
+                cur.execute(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                    (remover_pid,),
+                )
+                waiting = bool(cur.fetchone()[0])
+            if waiting or not thread.is_alive():
+                break
+            time.sleep(0.05)
+        assert waiting, "the file removal did not wait for the import's transaction"
+        importer.commit()
+        thread.join(30)
+        assert not thread.is_alive()
+    finally:
+        importer.close()
+        remover.close()
+
+    counts, failed = removal["result"]
+    assert (counts.removed, counts.shared, failed) == (0, 1, [])
+    assert archive.read(key) == raw
+    _assert_store_matches_rows(db, store)

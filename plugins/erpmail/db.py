@@ -34,6 +34,13 @@ APPLIED_VERSIONS = "SELECT version FROM public.erpmail_migrations"
 RECORD_MIGRATION = "INSERT INTO public.erpmail_migrations (version, name) VALUES (%s, %s)"
 # One migrator at a time, across processes: the key is arbitrary but fixed.
 MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(7311001)"
+# Archive files are named by content, so a mail imported again after its row was purged gets
+# the file name the purge is about to remove. Writers of such files hold this lock shared for
+# the transaction that stores them and their rows; retention holds it exclusively while it
+# asks which files no row names and removes them. Either the purge sees the new row and keeps
+# the file, or the import writes the file again after the purge removed it.
+ARCHIVE_FILES_SHARED = "SELECT pg_advisory_xact_lock_shared(7311002)"
+ARCHIVE_FILES_EXCLUSIVE = "SELECT pg_advisory_xact_lock(7311002)"
 
 
 def _airflow_url() -> str | None:

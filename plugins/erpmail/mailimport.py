@@ -285,6 +285,7 @@ def _import_one(
         if row:
             return Stored(row[0], False, "duplicate")
     key = eml_key(location, sha, received)
+    cur.execute(db.ARCHIVE_FILES_SHARED)
     archive.store(key, raw)
     written = [key]
     try:
@@ -737,6 +738,7 @@ def _store_chunk(
                 )
             )
         # creating files is slow on a busy disk and releases the GIL: several at once
+        cur.execute(db.ARCHIVE_FILES_SHARED)
         written.extend(key for key, _ in writes)
         with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store") as writer:
             for _ in writer.map(lambda item: archive.store(*item), writes):

@@ -359,13 +359,15 @@ def _remove_unshared(
     what happened, and the keys that failed."""
     result = FileRemoval()
     with db.transaction(conn) as cur:
+        # no import stores a file while these are checked and removed (db.ARCHIVE_FILES_*)
+        cur.execute(db.ARCHIVE_FILES_EXCLUSIVE)
         cur.execute(UNSHARED_KEYS, {"keys": keys})
         unshared = [row[0] for row in cur.fetchall()]
+        try:
+            done, errors = archive.delete_many(unshared), {}
+        except archive.DeleteError as exc:  # the others are gone; the failed keys stay pending
+            done, errors = exc.done, exc.errors
     result.shared = len(keys) - len(unshared)
-    try:
-        done, errors = archive.delete_many(unshared), {}
-    except archive.DeleteError as exc:  # the others are gone; the failed keys stay pending
-        done, errors = exc.done, exc.errors
     for key, error in errors.items():
         log.error("retention: could not remove %s: %s", key, error)
     result.removed = sum(done.values())
