@@ -141,6 +141,7 @@ class _Recorder:
 
     def __init__(self, url: str | None) -> None:
         self.conn = db.connect(url)
+        self.conn.autocommit = True  # write_marks then commits in the marks' round trip
         self.queue: queue.Queue[outbox.Marks | None] = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
