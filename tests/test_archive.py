@@ -108,3 +108,13 @@ def test_delete_many_on_another_file_system_uses_one_bulk_delete(monkeypatch, tm
     assert len(bulk_calls) == 1 and len(bulk_calls[0]) == 4
     assert not any(archive.exists(k) for k in keys)
     assert archive.read("mail/x1.eml").startswith(b"a file")
+
+
+def test_a_folder_removed_after_a_store_is_made_again(_store):
+    import shutil
+
+    archive.store("mail/2024/03/1-a.eml", b"first")
+    shutil.rmtree(_store / "mail")  # by hand, or by another process
+    key = archive.store("mail/2024/03/1-b.eml", b"second")
+    assert archive.read(key) == b"second"
+    assert sorted(p.name for p in (_store / "mail/2024/03").iterdir()) == ["1-b.eml"]

@@ -25,6 +25,8 @@ from erpmail.db import VAR_DIR
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _GLOB = re.compile(r"[*?\[]")  # a bulk delete would expand these: such keys go one by one
+MAX_KNOWN_FOLDERS = 10_000
+_FOLDERS: set[Path] = set()  # local folders made by this process
 
 
 class DeleteError(Exception):
@@ -95,10 +97,20 @@ def store_stream(key: str, chunks: Iterable[bytes]) -> str:
     local = local_root()
     if local is not None:
         target = local.joinpath(*parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        folder = target.parent
+        if folder not in _FOLDERS:  # an import writes thousands of files into a few folders
+            folder.mkdir(parents=True, exist_ok=True)
+            if len(_FOLDERS) >= MAX_KNOWN_FOLDERS:
+                _FOLDERS.clear()
+            _FOLDERS.add(folder)
+        tmp = folder / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
-            with open(tmp, "wb") as out:
+            try:
+                out = open(tmp, "wb")  # noqa: SIM115 (closed below, after the retry)
+            except FileNotFoundError:  # the folder went since it was made: make it again
+                folder.mkdir(parents=True, exist_ok=True)
+                out = open(tmp, "wb")  # noqa: SIM115
+            with out:
                 for chunk in chunks:
                     out.write(chunk)
             os.replace(tmp, target)
