@@ -135,14 +135,19 @@ class _Progress:
 
 class _Recorder:
     """Writes verdicts on its own connection in a background thread, so the database round
-    trips overlap the next message's SMTP exchange; whatever queued up meanwhile goes in
-    one transaction. A verdict not yet written when the process dies leaves its message in
-    ``sending``, which reclaiming flags ``sent_uncertain``: never a silent duplicate."""
+    trips overlap the next messages' SMTP exchanges. It gathers verdicts for up to
+    ``gather_seconds`` after the first and writes them in one transaction: a few messages'
+    worth of statements, commits and thread wake-ups instead of one per message. A verdict
+    not yet written when the process dies leaves its message in ``sending``, which
+    reclaiming flags ``sent_uncertain``: never a silent duplicate."""
 
-    def __init__(self, url: str | None) -> None:
+    _FLUSH = "flush"  # ends a gathering at once: someone waits for the verdicts
+
+    def __init__(self, url: str | None, gather_seconds: float = 0.02) -> None:
         self.conn = db.connect(url)
         self.conn.autocommit = True  # write_marks then commits in the marks' round trip
-        self.queue: queue.Queue[outbox.Marks | None] = queue.Queue()
+        self.gather_seconds = gather_seconds
+        self.queue: queue.Queue[outbox.Marks | str | None] = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
         self.thread.start()
@@ -153,6 +158,7 @@ class _Recorder:
 
     def flush(self) -> None:
         """Wait until every submitted verdict is committed."""
+        self.queue.put(self._FLUSH)
         self.queue.join()
         self._raise()
 
@@ -165,15 +171,21 @@ class _Recorder:
         if self.error is not None:
             raise RuntimeError(f"recording send results failed: {self.error}") from self.error
 
+    def _gather(self) -> list[outbox.Marks | str | None]:
+        batch = [self.queue.get()]
+        until = time.monotonic() + self.gather_seconds
+        while isinstance(batch[-1], outbox.Marks):
+            left = until - time.monotonic()
+            try:
+                batch.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
     def _run(self) -> None:
         while True:
-            batch = [self.queue.get()]
-            while True:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            marks = [m for m in batch if m is not None]
+            batch = self._gather()
+            marks = [m for m in batch if isinstance(m, outbox.Marks)]
             try:
                 if marks and self.error is None:
                     outbox.write_marks(self.conn, marks)

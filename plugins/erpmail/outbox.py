@@ -82,21 +82,26 @@ RETURNING id"""
 # A mark lost in a database crash leaves its row in 'sending' (the claim was committed
 # durably), which reclaiming flags sent_uncertain: so marks need not wait for the WAL flush.
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+# MARK_RECIPIENTS and MARK_SENT take many messages at once, one array per column (see
+# write_marks): a group of verdicts is two statements, not two per message.
 MARK_RECIPIENTS = """
 UPDATE mail.outbox_recipients r
 SET status = v.status, smtp_code = v.code, smtp_reply = v.reply
-FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) AS v(address, status, code, reply)
-WHERE r.outbox_id = %s AND r.address = v.address
+FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[])
+     AS v(outbox_id, worker, address, status, code, reply)
+WHERE r.outbox_id = v.outbox_id AND r.address = v.address
   -- only while the message is still ours: a reclaimed message has a new owner
   AND EXISTS (SELECT 1 FROM mail.outbox o
-              WHERE o.id = r.outbox_id AND o.status = 'sending' AND o.claimed_by = %s)"""
+              WHERE o.id = v.outbox_id AND o.status = 'sending' AND o.claimed_by = v.worker)"""
 MARK_SENT = """
-UPDATE mail.outbox
-SET status = 'sent', sent_at = coalesce(sent_at, clock_timestamp()), claimed_by = NULL,
-    claimed_at = NULL, smtp_code = %(code)s, smtp_reply = %(reply)s, queue_id = %(queue_id)s,
+UPDATE mail.outbox o
+SET status = 'sent', sent_at = coalesce(o.sent_at, clock_timestamp()), claimed_by = NULL,
+    claimed_at = NULL, smtp_code = v.code, smtp_reply = v.reply, queue_id = v.queue_id,
     last_error = NULL,
-    sent_copy = CASE WHEN %(copy)s AND sent_copy = 'none' THEN 'pending' ELSE sent_copy END
-WHERE id = %(id)s AND status = 'sending' AND claimed_by = %(worker)s"""
+    sent_copy = CASE WHEN v.copy AND o.sent_copy = 'none' THEN 'pending' ELSE o.sent_copy END
+FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::boolean[])
+     AS v(id, worker, code, reply, queue_id, copy)
+WHERE o.id = v.id AND o.status = 'sending' AND o.claimed_by = v.worker"""
 MARK_DEFERRED = """
 UPDATE mail.outbox
 SET status = 'queued', claimed_by = NULL, claimed_at = NULL, attempts = attempts + 1,
@@ -341,11 +346,13 @@ def reclaim_stuck(conn, *, timeout_seconds: float) -> list[int]:
 
 @dataclass(frozen=True)
 class Marks:
-    """A message's new status and the statements that store it (see :func:`write_marks`)."""
+    """A message's new status and what stores it: ``rows`` for the statements that take many
+    messages at once (MARK_RECIPIENTS, MARK_SENT), then ``statements`` of its own."""
 
     outbox_id: int
     status: str  # sent, queued (a retry) or failed
-    statements: tuple[tuple[str, object], ...]
+    rows: tuple[tuple[str, tuple], ...]
+    statements: tuple[tuple[str, object], ...] = ()
 
 
 def verdict(
@@ -366,31 +373,31 @@ def verdict(
         states.append(state)
         codes.append(code)
         replies.append(reply)
-    statements = [
-        (MARK_RECIPIENTS, (names, states, codes, replies, message.id, message.claimed_by))
+    worker = message.claimed_by
+    rows = [
+        (MARK_RECIPIENTS, (message.id, worker, *row))
+        for row in zip(names, states, codes, replies, strict=True)
     ]
     accepted = message.accepted_before or "accepted" in states
     copy = account.sent_folder is not None
+    if "pending" not in states and accepted:
+        row = (message.id, worker, delivery.code, delivery.reply, delivery.queue_id, copy)
+        return Marks(message.id, "sent", (*rows, (MARK_SENT, row)), _throttle(account))
     args = {
         "id": message.id,
-        "worker": message.claimed_by,
+        "worker": worker,
         "code": delivery.code,
         "reply": delivery.reply,
-        "queue_id": delivery.queue_id,
         "copy": copy,
         "uncertain": False,
     }
-    if "pending" not in states and accepted:
-        status = "sent"
-        statements.append((MARK_SENT, args))
-    elif "pending" not in states:
+    if "pending" not in states:
         status = "failed"
-        statements.append((MARK_FAILED, dict(args, tried=1, error=f"{delivery.stage}: refused")))
+        statement = (MARK_FAILED, dict(args, tried=1, error=f"{delivery.stage}: refused"))
     else:
         error = _deferral(delivery, states, codes, replies)
         status, statement = _defer(message, policy, args, error=error, partial=accepted)
-        statements.append(statement)
-    return Marks(message.id, status, (*statements, *_throttle(account)))
+    return Marks(message.id, status, tuple(rows), (statement, *_throttle(account)))
 
 
 def dropped(
@@ -412,16 +419,24 @@ def dropped(
         "copy": False,
     }
     status, statement = _defer(message, policy, args, error=reason, partial=False)
-    return Marks(message.id, status, (statement, *_throttle(account)))
+    return Marks(message.id, status, (), (statement, *_throttle(account)))
 
 
 def write_marks(conn, marks: list[Marks]) -> None:
     """Store several messages' marks in one transaction and commit.
 
-    On a connection in autocommit mode (the dispatcher's recorder) BEGIN and COMMIT travel
-    in the marks' own query: one round trip, where psycopg2 sends each of them apart."""
+    Rows of the same statement go in as one statement (recipients before the messages they
+    belong to). On a connection in autocommit mode (the dispatcher's recorder) BEGIN and
+    COMMIT travel in the marks' own query: one round trip, where psycopg2 sends each apart."""
+    grouped: dict[str, list[tuple]] = {MARK_RECIPIENTS: [], MARK_SENT: []}
+    for m in marks:
+        for sql, row in m.rows:
+            grouped[sql].append(row)
     with conn.cursor() as cur:
         statements = [ASYNC_COMMIT.encode()]
+        for sql, rows in grouped.items():
+            if rows:  # one array per column
+                statements.append(cur.mogrify(sql, [list(c) for c in zip(*rows, strict=True)]))
         statements += (cur.mogrify(sql, args) for m in marks for sql, args in m.statements)
         if conn.autocommit:
             try:
