@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import re
+import smtplib
 
 import pytest
 
-from erpmail.smtp import SmtpAccountError, SmtpDropped, SmtpHook, classify, stuff_dots
+from erpmail.smtp import (
+    SmtpAccountError,
+    SmtpDropped,
+    SmtpHook,
+    classify,
+    envelope_address,
+    stuff_dots,
+)
 from tests.mailaccounts import smtp_connection
 from tests.outboxmail import make_mime
 
@@ -68,6 +76,27 @@ def test_leading_dots_are_stuffed(monkeypatch, smtp_server):
 )
 def test_stuff_dots_matches_smtplib(mime):
     assert stuff_dots(mime) == re.sub(rb"(?m)^\.", b"..", mime)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "ar@demo.example",
+        "kunde.7+x_y-z@sub.customer-1.example",
+        "o'brien!#$%&*/=?^`{|}~@x.example",
+        "a..b@x.example",  # not a dot-atom: smtplib's parser decides
+        ".a@x.example",
+        "a@x..example",
+        "a@[192.0.2.1]",
+        '"quoted local"@x.example',
+        "a(comment)@x.example",
+        "a@x.example.",
+        "müller@x.example",
+        "",
+    ],
+)
+def test_envelope_address_matches_smtplib(address):
+    assert envelope_address(address) == smtplib.quoteaddr(address)
 
 
 def test_implicit_tls(monkeypatch, smtps_server):
