@@ -3,7 +3,8 @@
 N messages with a ~30 KB PDF each go to a local aiosmtpd sink running in its own process.
 The baseline hands the same MIME bytes to ``smtplib.SMTP.sendmail`` over one connection;
 the dispatcher claims, sends and records them through the outbox in a scratch database.
-Prints both rates and the ratio (target >= 0.9).
+Prints both rates, the ratio (target >= 0.9), client CPU per message and the load average
+at the start and the end (the sink and PostgreSQL share the machine's cores with the client).
 
     .venv/bin/python bench/send.py [--messages 2000] [--rounds 2]
 """
@@ -112,6 +113,7 @@ def main() -> None:
     from tests.servers.dovecot import free_port
 
     logging.basicConfig(level=logging.WARNING)
+    load_before = os.getloadavg()
     ctx = mp.get_context("spawn")
     counter, ready = ctx.Value("l", 0), ctx.Event()
     port = free_port()
@@ -158,6 +160,11 @@ def main() -> None:
         print(f"bare smtplib loop, one connection: {bare_rate:7.1f} msg/s (best of {args.rounds})")
         print(f"dispatcher, throttle off:          {disp_rate:7.1f} msg/s (best of {args.rounds})")
         print(f"ratio dispatcher / bare: {disp_rate / bare_rate:.2f} (target >= 0.9)")
+        print(
+            "load average (1, 5, 15 min): "
+            f"{' '.join(f'{x:.2f}' for x in load_before)} at the start, "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end"
+        )
     sink.terminate()
 
 
