@@ -90,6 +90,15 @@ def bare(user, ca_file: str, chunk: int) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
+def client_cpu() -> float:
+    """CPU seconds of this process and its reaped children (the import's parsing workers)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _parse(raw: bytes) -> None:
     from email import policy
     from email.parser import BytesParser
@@ -181,8 +190,11 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
         conn.commit()
 
         bare_times, import_times, parse_times, file_times = [], [], [], []
+        bare_cpu, import_cpu = [], []
         for round_ in range(args.rounds):
+            cpu = client_cpu()
             seconds, size = bare(user, str(certs.ca_cert), args.chunk)
+            bare_cpu.append(client_cpu() - cpu)
             bare_times.append(seconds)
             parse_times.append(parse_floor(mails))
             file_times.append(files_floor(mails, tmp / f"files{round_}"))
@@ -197,9 +209,10 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
 
                 profiler = cProfile.Profile()
                 profiler.enable()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), client_cpu()
             summary = mailimport.import_location(location, fetch_chunk=args.chunk)
             import_times.append(time.perf_counter() - started)
+            import_cpu.append(client_cpu() - cpu)  # the workers are reaped when the run ends
             if profiler is not None:
                 import pstats
 
@@ -210,7 +223,9 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
                 f"round {round_ + 1}: bare {len(mails) / seconds:7.0f} mails/s   "
                 f"import {len(mails) / import_times[-1]:7.0f} mails/s   "
                 f"parse alone {len(mails) / parse_times[-1]:7.0f}   "
-                f"files alone {len(mails) / file_times[-1]:7.0f}"
+                f"files alone {len(mails) / file_times[-1]:7.0f}   client CPU per mail: "
+                f"bare {bare_cpu[-1] / len(mails) * 1000:.2f} ms, "
+                f"import {import_cpu[-1] / len(mails) * 1000:.2f} ms"
             )
         conn.close()
         bare_rate = len(mails) / min(bare_times)
@@ -218,6 +233,10 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
         print(f"bare UID FETCH BODY.PEEK[] loop : {bare_rate:8.0f} mails/s ({size / 1e6:.1f} MB)")
         print(f"erpmail import                  : {import_rate:8.0f} mails/s")
         print(f"ratio import / bare             : {import_rate / bare_rate:8.2f}  (target >= 0.7)")
+        print(
+            f"client CPU per mail, least       : bare {min(bare_cpu) / len(mails) * 1000:.2f} ms,"
+            f" import {min(import_cpu) / len(mails) * 1000:.2f} ms (with its parsing workers)"
+        )
         cores = os.cpu_count() or 1
         for label, times in (
             (f"stdlib parse alone, {cores} procs  ", parse_times),
