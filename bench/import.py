@@ -244,7 +244,7 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
         ):
             rate = len(mails) / min(times)
             print(
-                f"{label}: {rate:8.0f} mails/s = {rate / bare_rate:.2f} of bare , a ceiling for the import"
+                f"{label}: {rate:8.0f} mails/s = {rate / bare_rate:.2f} of bare, a ceiling for the import"
             )
 
 
