@@ -53,15 +53,9 @@ def scratch_database(
     url = database_url(name)
     try:
         if not clone_of:
-            from erpmail import db, seed
+            from erpmail import seed
 
-            conn = db.connect(url)
-            try:
-                db.migrate(conn)
-                if seed_partners:
-                    seed.seed(conn, partners=seed_partners, seed=1)
-            finally:
-                conn.close()
+            seed.prepare(url, partners=seed_partners)
         yield url
     finally:
         _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -63,16 +63,10 @@ def _drop_database(name: str) -> None:
 
 
 def _template(name: str, seed_partners: int | None) -> Iterator[str]:
-    from erpmail import db, seed
+    from erpmail import seed
 
     _create_database(name)
-    conn = psycopg2.connect(_url_for(name))
-    try:
-        db.migrate(conn)
-        if seed_partners:
-            seed.seed(conn, partners=seed_partners, seed=1)
-    finally:
-        conn.close()
+    seed.prepare(_url_for(name), partners=seed_partners or 0)
     try:
         yield name
     finally:

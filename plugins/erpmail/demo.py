@@ -144,10 +144,9 @@ def run_demo(partners: int = 200) -> int:
 
     print("starting the embedded PostgreSQL and a fresh demo database ...", flush=True)
     url = _demo_database()
+    counts = seed.prepare(url, partners=partners)
     conn = db.connect(url)
     try:
-        db.migrate(conn)
-        counts = seed.seed(conn, partners=partners, seed=1)
         print("seeded " + ", ".join(f"{n} {table}" for table, n in counts.items()), flush=True)
         with db.transaction(conn) as cur:
             accounts.create_account(

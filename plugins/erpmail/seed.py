@@ -409,3 +409,16 @@ def seed_payment_runs(
             counts[run_number] = len(lines)
     conn.commit()
     return counts
+
+
+def prepare(url: str, *, partners: int = 0) -> dict[str, int]:
+    """Migrate the database at ``url`` and, with ``partners``, seed that many (seed 1);
+    returns the seed's counts (empty without partners)."""
+    from erpmail import db
+
+    conn = db.connect(url)
+    try:
+        db.migrate(conn)
+        return seed(conn, partners=partners, seed=1) if partners else {}
+    finally:
+        conn.close()
