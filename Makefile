@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 export ERPMAIL_TEST_DB_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-# Debian packages: Pango and fonts for WeasyPrint; Dovecot for the IMAP tests.
-RUNTIME_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
-TEST_PACKAGES := $(RUNTIME_PACKAGES) dovecot-imapd
+# Debian packages: Pango, HarfBuzz's subsetter (WeasyPrint's fast font subsetting) and fonts
+# for WeasyPrint; for the tests Dovecot (IMAP), Redis (the Celery broker of the end-to-end
+# test), chromium (browser tests) and docker-compose (checks the compose file; no engine).
+RUNTIME_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core
+TEST_PACKAGES := $(RUNTIME_PACKAGES) dovecot-imapd redis-server chromium docker-compose
 
 .PHONY: venv system-packages postgres lint test demo bench clean
 
@@ -33,12 +35,15 @@ system-packages:
 	  fi; \
 	fi
 
-# Start the machine's PostgreSQL cluster when it is installed but down.
+# Start the machine's PostgreSQL cluster and Redis when they are installed but down.
 postgres:
 	@if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
 	  if command -v pg_ctlcluster >/dev/null; then \
 	    for v in $$(ls /etc/postgresql); do pg_ctlcluster --skip-systemctl-redirect $$v main start || true; done; \
 	  fi; \
+	fi
+	@if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
+	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; \
 	fi
 
 lint: venv
