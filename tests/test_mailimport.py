@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import logging.handlers
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -67,13 +71,7 @@ def rows(conn, sql: str, *args) -> list[tuple]:
     return out
 
 
-@pytest.mark.parametrize("workers", [False, True], ids=["in-process", "worker-processes"])
-def test_sixty_varied_mails_stored_once_identical_and_linked(
-    seeded_db, mailbox, store, monkeypatch, caplog, workers
-):
-    from erpmail import mailimport
-
-    monkeypatch.setattr(mailimport, "POOL_MIN_MAILS", 0 if workers else 10**9)
+def test_sixty_varied_mails_stored_once_identical_and_linked(seeded_db, mailbox, store):
     facts = mailcorpus.facts(seeded_db)
     corpus = mailcorpus.varied(facts)
     location = mailcorpus.add_location(
@@ -84,7 +82,6 @@ def test_sixty_varied_mails_stored_once_identical_and_linked(
     summary = import_location(location)
 
     assert (summary.new, summary.duplicates, summary.failed, summary.malformed) == (60, 0, 0, 0)
-    assert "workers" not in caplog.text  # parsed where asked, no fallback
     stored = {
         uid: (mid, path, status)
         for mid, uid, path, status in rows(
@@ -126,20 +123,14 @@ CRASH_SCRIPT = """
 import os, sys
 sys.path[:0] = [{plugins!r}, {root!r}]
 from erpmail import mailimport
-mailimport.POOL_MIN_MAILS = {pool_min}
 mailimport.import_location({location}, fetch_chunk=5, fault=lambda point: os._exit(137))
 """
 
 
-@pytest.mark.parametrize("pool_min", [10**9, 0], ids=["in-process", "worker-processes"])
-def test_killed_between_commit_and_server_change_loses_and_doubles_nothing(
-    db, mailbox, store, pool_min
-):
+def test_killed_between_commit_and_server_change_loses_and_doubles_nothing(db, mailbox, store):
     location = mailcorpus.add_location(db, "inbox", "imap_test")
     uids = append([mailcorpus.simple(n) for n in range(12)])
-    script = CRASH_SCRIPT.format(
-        plugins=str(ROOT / "plugins"), root=str(ROOT), location=location, pool_min=pool_min
-    )
+    script = CRASH_SCRIPT.format(plugins=str(ROOT / "plugins"), root=str(ROOT), location=location)
 
     crashed = subprocess.run([sys.executable, "-c", script], env=os.environ.copy(), check=False)
 
@@ -150,7 +141,7 @@ def test_killed_between_commit_and_server_change_loses_and_doubles_nothing(
         if held == [(0,)]:
             break
         time.sleep(0.1)
-    assert held == [(0,)], "a worker of the killed run still holds its session"
+    assert held == [(0,)], "the killed run's session still holds its lock"
     # the first batch is committed, but the server and the watermark were not touched
     assert rows(db, "SELECT count(*) FROM mail.messages") == [(5,)]
     assert all(b"\\Seen" not in flags for _, flags in server_state().values())
@@ -161,6 +152,72 @@ def test_killed_between_commit_and_server_change_loses_and_doubles_nothing(
     assert (summary.new, summary.duplicates) == (7, 5)
     assert rows(db, "SELECT count(*), count(DISTINCT message_id) FROM mail.messages") == [(12, 12)]
     assert all(b"\\Seen" in flags for _, flags in server_state().values())
+    assert rows(db, "SELECT last_uid FROM mail.import_watermarks") == [(max(uids),)]
+
+
+def _import_in_child(location: int, out: str) -> None:
+    """Run the import as an executor runs a task: in a process of its own (daemonic, like a
+    Celery prefork child, which may not start children). Writes what it saw to ``out``."""
+    import psutil
+
+    forks: list[int] = []
+    os.register_at_fork(before=lambda: forks.append(os.getpid()))
+    records = logging.handlers.BufferingHandler(100_000)
+    logger = logging.getLogger("erpmail.mailimport")
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    summary = import_location(location)
+    Path(out).write_text(
+        json.dumps(
+            {
+                "daemon": multiprocessing.current_process().daemon,
+                "forks": len(forks),
+                "children": [c.pid for c in psutil.Process().children(recursive=True)],
+                "warnings": [
+                    r.getMessage() for r in records.buffer if r.levelno >= logging.WARNING
+                ],
+                "logged_summary": any(r.getMessage() == str(summary) for r in records.buffer),
+                "summary": summary.as_dict(),
+            },
+            default=str,
+        )
+    )
+
+
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemonic", "plain"])
+def test_import_in_a_task_process_forks_nothing_and_stores_everything(
+    db, mailbox, store, tmp_path, daemon
+):
+    location = mailcorpus.add_location(db, "inbox", "imap_test")
+    mails = [mailcorpus.simple(n) for n in range(350)]  # more than a parse pool ever waited for
+    uids = append(mails)
+    out = tmp_path / "child.json"
+
+    # spawn: a fresh interpreter; it finds the database, store and mailbox in the environment
+    child = multiprocessing.get_context("spawn").Process(
+        target=_import_in_child, args=(location, str(out)), daemon=daemon
+    )
+    child.start()
+    child.join(300)
+    if child.is_alive():
+        child.kill()
+        child.join()
+
+    assert child.exitcode == 0
+    seen = json.loads(out.read_text())
+    assert seen["daemon"] == daemon and seen["logged_summary"]  # the log was caught
+    assert seen["forks"] == 0, "the import forked"  # a daemonic process refuses before forking
+    assert seen["children"] == []
+    assert seen["warnings"] == []  # e.g. no "no worker processes" fallback
+    summary = seen["summary"]
+    assert (summary["new"], summary["duplicates"], summary["failed"]) == (350, 0, 0)
+    stored = rows(db, "SELECT uid, eml_path FROM mail.messages ORDER BY uid")
+    assert [u for u, _ in stored] == uids
+    assert sorted(archive.read(p) for _, p in stored) == sorted(mails)
+    files = sorted(str(p.relative_to(store)) for p in store.rglob("*.eml"))
+    assert files == sorted(p for _, p in stored)
+    state = server_state()
+    assert sorted(state) == uids and all(b"\\Seen" in flags for _, flags in state.values())
     assert rows(db, "SELECT last_uid FROM mail.import_watermarks") == [(max(uids),)]
 
 
@@ -430,3 +487,24 @@ def test_new_mail_already_stored_is_a_duplicate_and_keeps_its_files(db, mailbox,
         " ON a.message_id = m.id",
     )
     assert archive.read(eml) == raw and archive.read(att) == b"%PDF-1.4 x"
+
+
+def test_attachments_not_stored_are_still_measured_and_hashed(db, mailbox, store):
+    location = mailcorpus.add_location(db, "inbox", "imap_test")  # store_attachments off
+    content = os.urandom(5000)
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.org", "in@example.com", "Beleg"
+    msg["Date"], msg["Message-ID"] = "Fri, 01 Mar 2024 10:00:00 +0000", "<att@example.org>"
+    msg.set_content("see attachment\n")
+    msg.add_attachment(content, maintype="application", subtype="pdf", filename="b.pdf")
+    raw = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    append([raw, mailcorpus.simple(1)])
+
+    summary = import_location(location)
+
+    assert (summary.new, summary.malformed) == (2, 0)
+    assert rows(db, "SELECT filename, size_bytes, sha256, path FROM mail.attachments") == [
+        ("b.pdf", len(content), hashlib.sha256(content).hexdigest(), None)
+    ]
+    files = sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
+    assert files == sorted(p for (p,) in rows(db, "SELECT eml_path FROM mail.messages"))

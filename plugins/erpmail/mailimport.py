@@ -11,17 +11,12 @@ means the next run meets the same mails again and the dedupe recognises them.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
-import multiprocessing
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -40,13 +35,9 @@ COMPANY_TZ = "Europe/Berlin"
 META_CHUNK = 500
 FETCH_CHUNK = 100
 FETCH_CHUNK_BYTES = 16 * 1024 * 1024
-PARSE_FROM_STORE_BYTES = 4 * 1024 * 1024  # above this, drop the fetched copy and re-read the file
-# Mails up to this size are parsed in worker processes (raw bytes out, a small record back);
-# larger ones stay in this process, parsed from the stored file, to keep memory bounded.
-POOL_MAIL_BYTES = PARSE_FROM_STORE_BYTES
-POOL_MIN_MAILS = 300  # below this many candidates, forking the workers costs more than it saves
-POOL_WORKERS = max(1, min(4, os.cpu_count() or 1))
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Mails up to this size are parsed from the fetched bytes and stored a chunk at a time;
+# larger ones alone, the fetched copy dropped and the stored file parsed, to bound memory.
+PARSE_FROM_STORE_BYTES = 4 * 1024 * 1024
 STORE_THREADS = 4
 PROGRESS_SECONDS = 5.0
 MSGID_HEADER = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
@@ -441,24 +432,9 @@ def _attachments(
         )
 
 
-# --- the pipeline: IMAP thread, parsing workers, one chunk per transaction ------------------
-
-
-@dataclass
-class _Decoded:
-    """An attachment decoded in a worker; its bytes travel back with the record."""
-
-    filename: str
-    content_type: str
-    data: bytes
-    size: int
-    sha256: str
-
-    def chunks(self) -> Iterator[bytes]:
-        yield self.data
-
-    def consume(self) -> None:
-        pass
+# --- the pipeline: IMAP thread, parse and store here, one chunk per transaction --------------
+# Nothing here starts a process: the import runs inside an executor's task process (a Celery
+# worker's child may not have children); locations run in parallel as mapped tasks.
 
 
 @dataclass
@@ -472,111 +448,31 @@ class _Prepared:
     parsed: mailparse.ParsedMail
 
 
-def _prepare(raw: bytes, keep_attachments: bool) -> _Prepared:
-    """Hash and parse one mail, attachments decoded (in a worker process, or here)."""
-    parsed = mailparse.parse(raw)
-    decoded = []
-    for att in parsed.attachments:
-        data = b"".join(att.chunks()) if keep_attachments else b""
-        if not keep_attachments:
-            att.consume()
-        decoded.append(_Decoded(att.filename, att.content_type, data, att.size, att.sha256))
-    parsed.attachments = decoded
-    # the raw bytes are the caller's already: do not send them back through the pipe
-    return _Prepared(0, None, b"", hashlib.sha256(raw).hexdigest(), parsed)
-
-
-def _start_pool(mails: int) -> Executor | None:
-    """Worker processes for parsing, or None when there is too little to parse."""
-    if mails < POOL_MIN_MAILS or POOL_WORKERS < 2:
-        return None
-    try:
-        # fork: the workers inherit the loaded modules; they start here, before this run
-        # starts its IMAP thread, so no lock can be copied held
-        pool = ProcessPoolExecutor(
-            POOL_WORKERS,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_worker_start,
-            initargs=(os.getpid(),),
-        )
-        pool.submit(int).result()
-    except Exception:  # e.g. inside a daemonic worker that may not have children
-        log.warning("no worker processes for parsing; parsing in this process", exc_info=True)
-        return None
-    return pool
-
-
-def _worker_start(parent: int) -> None:
-    """Die with the run: a forked worker holds copies of the run's sockets, among them the
-    PostgreSQL session with the location's advisory lock; an orphan would keep it forever."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: watch the parent instead
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:  # the run died before the line above took effect
-        os._exit(1)
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
-class _Parsing:
-    """The parse of one chunk's pooled mails, started in the workers; ``result()`` waits."""
-
-    def __init__(self, pool: Executor | None, mails: list[tuple[_Candidate, bytes]], keep: bool):
-        self.mails, self.keep, self.pending = mails, keep, None
-        if pool is not None and mails:
-            raws = [raw for _, raw in mails]
-            try:
-                # Executor.map submits every task now; the results are read in result()
-                self.pending = pool.map(
-                    _prepare, raws, [keep] * len(raws), chunksize=max(1, len(raws) // 8)
-                )
-            except Exception:  # a broken pool: parse in process
-                log.warning("parsing workers failed; parsing this chunk in process", exc_info=True)
-
-    def result(self) -> list[_Prepared]:
-        prepared = None
-        if self.pending is not None:
-            try:
-                prepared = list(self.pending)
-            except Exception:  # a worker died: this chunk is parsed here instead
-                log.warning("parsing workers failed; parsing this chunk in process", exc_info=True)
-        if prepared is None:
-            prepared = [_prepare(raw, self.keep) for _, raw in self.mails]
-        for item, (cand, raw) in zip(prepared, self.mails, strict=True):
-            item.uid, item.received, item.raw = cand.uid, cand.internal_date, raw
-        self.pending = None
-        return prepared
+def _prepare(cand: _Candidate, raw: bytes) -> _Prepared:
+    """Hash and parse one fetched mail; its attachments are decoded when stored."""
+    return _Prepared(
+        cand.uid, cand.internal_date, raw, hashlib.sha256(raw).hexdigest(), mailparse.parse(raw)
+    )
 
 
 @dataclass
 class _Chunk:
-    """One chunk sorted out before its transaction: what to skip, to parse, to take alone."""
+    """One chunk sorted out before its transaction: what to skip, to store together, alone."""
 
     candidates: list[_Candidate]
     oversize: list[_Candidate]
     known: list[int]  # UIDs whose Message-ID is stored already (rescans)
-    pooled: list[tuple[_Candidate, bytes]]
+    bulk: list[tuple[_Candidate, bytes]]
     single: list[tuple[_Candidate, bytes | None]]
-    parsing: _Parsing
 
 
 def _sort_out(
-    location: Location,
-    pool: Executor | None,
-    candidates: list[_Candidate],
-    fetched: dict,
-    known: set[str],
+    location: Location, candidates: list[_Candidate], fetched: dict, known: set[str]
 ) -> _Chunk:
-    """Split a fetched chunk and start parsing the mails the workers take."""
-    oversize, done, pooled, single = [], [], [], []
+    """Split a fetched chunk into the mails stored together and those taken one by one."""
+    oversize, done, bulk, single = [], [], [], []
     # tickets and autoreplies go mail by mail: each may depend on the one before
-    bulk = not (location.ticket_enabled or location.autoreply_enabled)
+    together = not (location.ticket_enabled or location.autoreply_enabled)
     for cand in candidates:
         if cand.size > location.max_message_bytes:
             oversize.append(cand)
@@ -586,12 +482,11 @@ def _sort_out(
             continue
         item = fetched.pop(cand.uid, None) if cand.size <= FETCH_CHUNK_BYTES else None
         raw = item.get(b"BODY[]") if item else None
-        if bulk and raw is not None and len(raw) <= POOL_MAIL_BYTES:
-            pooled.append((cand, raw))
+        if together and raw is not None and len(raw) <= PARSE_FROM_STORE_BYTES:
+            bulk.append((cand, raw))
         else:
             single.append((cand, raw))
-    parsing = _Parsing(pool, pooled, location.store_attachments)
-    return _Chunk(candidates, oversize, done, pooled, single, parsing)
+    return _Chunk(candidates, oversize, done, bulk, single)
 
 
 @dataclass
@@ -697,21 +592,25 @@ def _store_chunk(
         location.link_keywords,
     )
     written: list[str] = []
-    rows, files, writes = [], {}, []
+    files: dict[str, tuple[_Prepared, list[linking.Link], list[str | None]]] = {}
     try:
         for mail, links in zip(fresh, found, strict=True):
-            parsed = mail.parsed
             key = eml_key(location, mail.sha, mail.received)
-            writes.append((key, mail.raw))
             folder = key.removesuffix(".eml")
-            paths = []
-            for att in parsed.attachments:
-                path = None
-                if location.store_attachments:
-                    path = f"{folder}/{att.filename}"
-                    writes.append((path, att.data))
-                paths.append(path)
+            paths = [
+                f"{folder}/{att.filename}" if location.store_attachments else None
+                for att in mail.parsed.attachments
+            ]
             files[key] = (mail, links, paths)
+            written.extend([key, *(p for p in paths if p)])
+        # creating files is slow on a busy disk and releases the GIL: several at once
+        cur.execute(db.ARCHIVE_FILES_SHARED)
+        with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store") as writer:
+            for _ in writer.map(_store_files, files.items()):
+                pass
+        rows = []
+        for key, (mail, links, _) in files.items():
+            parsed = mail.parsed  # its defects now include those found decoding attachments
             status = "malformed" if parsed.malformed else ("linked" if links else "unlinked")
             rows.append(
                 (
@@ -737,12 +636,6 @@ def _store_chunk(
                     status,
                 )
             )
-        # creating files is slow on a busy disk and releases the GIL: several at once
-        cur.execute(db.ARCHIVE_FILES_SHARED)
-        written.extend(key for key, _ in writes)
-        with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store") as writer:
-            for _ in writer.map(lambda item: archive.store(*item), writes):
-                pass
         inserted = execute_values(
             cur,
             INSERT_MESSAGES,
@@ -782,6 +675,17 @@ def _store_chunk(
     )
     keys.extend(written)
     return done, new, duplicates
+
+
+def _store_files(item: tuple[str, tuple[_Prepared, list, list[str | None]]]) -> None:
+    """Write one mail's .eml and, where a path is given, its decoded attachments."""
+    key, (mail, _, paths) = item
+    archive.store(key, mail.raw)
+    for att, path in zip(mail.parsed.attachments, paths, strict=True):
+        if path is None:
+            att.consume()  # size and hash only
+        else:
+            archive.store_stream(path, att.chunks())
 
 
 def _server_action(client, location: Location, uids: list[int]) -> None:
@@ -935,37 +839,25 @@ def _run(
         progress = _Progress(location, summary.candidates)
         done = 0
         advance = since is None
-        # the pool forks before the IMAP thread exists; the thread owns the IMAP session
-        pool = _start_pool(sum(c.size <= POOL_MAIL_BYTES for c in candidates))
+        # the thread owns the IMAP session: it fetches chunk n + 1 while chunk n is parsed,
+        # stored and committed here, and does this run's server changes in between
         imap = ThreadPoolExecutor(1, thread_name_prefix="imap")
-        fetches = []
-
-        def sorted_out(n: int) -> _Chunk:
-            # waits for chunk n's fetch, starts fetching n + 1 and parsing n
-            fetched = fetches[n].result()
-            if n + 1 < len(chunks):
-                fetches.append(imap.submit(_fetch, client, wanted(chunks[n + 1])))
-            return _sort_out(location, pool, chunks[n], fetched, known)
-
         try:
             if chunks:
-                fetches.append(imap.submit(_fetch, client, wanted(chunks[0])))
-                ahead = sorted_out(0)
-            for n in range(len(chunks)):
-                current = ahead
-                # the workers parse the next chunk while this one is stored and committed
+                fetching = imap.submit(_fetch, client, wanted(chunks[0]))
+            for n, part in enumerate(chunks):
+                fetched = fetching.result()
                 if n + 1 < len(chunks):
-                    ahead = sorted_out(n + 1)
+                    fetching = imap.submit(_fetch, client, wanted(chunks[n + 1]))
+                chunk = _sort_out(location, part, fetched, known)
+                del fetched
                 advance = _batch(
-                    client, imap, conn, location, summary, current, uidvalidity, day, fault,
-                    advance,
-                )  # fmt: skip
-                done += len(current.candidates)
+                    client, imap, conn, location, summary, chunk, uidvalidity, day, fault, advance
+                )
+                done += len(chunk.candidates)
                 progress.tick(done)
         finally:
             imap.shutdown(wait=True, cancel_futures=True)
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
     summary.seconds = round(time.monotonic() - started, 3)
 
 
@@ -1009,8 +901,8 @@ def _batch(
                 cand.size,
                 location.max_message_bytes,
             )
-        if chunk.pooled:
-            prepared = chunk.parsing.result()
+        if chunk.bulk:
+            prepared = [_prepare(cand, raw) for cand, raw in chunk.bulk]
             cur.execute("SAVEPOINT chunk")
             try:
                 uids, new, duplicates = _store_chunk(cur, location, uidvalidity, prepared, keys)
@@ -1019,10 +911,10 @@ def _batch(
                 log.warning(
                     "%s: storing %d mails together failed; storing them one by one",
                     location.name,
-                    len(chunk.pooled),
+                    len(chunk.bulk),
                     exc_info=True,
                 )
-                single = chunk.pooled + single
+                single = chunk.bulk + single
             else:
                 cur.execute("RELEASE SAVEPOINT chunk")
                 done.extend(uids)
@@ -1030,7 +922,7 @@ def _batch(
                 for mail_id, status, size in new:
                     _count(summary, Stored(mail_id, True, status), size)
             del prepared
-        chunk.pooled = chunk.single = []
+        chunk.bulk = chunk.single = []
         cur.execute("SAVEPOINT mail")  # each mail fails alone, rolled back to here
         while single:
             cand, raw = single.pop(0)
