@@ -59,8 +59,8 @@ with DAG(
             description="Let the legal minimum give way (never a legal hold). Needs a force reason.",
         ),
         "force_reason": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             description="Why the legal minimum may give way; required with force, recorded in the audit log.",
         ),
         "batch_size": Param(

@@ -25,6 +25,9 @@ partner (a reply to the mail itself is linked by In-Reply-To as well). The lette
 reply address (the form's, else the company's e-mail), and each mail carries it as
 its Reply-To.
 
+**Key date**: empty means the last year end in the company's time zone, fixed by `start`
+and kept on the run (`erp.runs.key_date`).
+
 **Dry run**: generated and rendered for review under `review/` in the document store;
 nothing queued. **Reruns**: clearing any task or the whole run creates no second letter and
 no second mail (outbox keys `balance_confirmation:run-<run>:letter-<letter>`).
@@ -62,11 +65,12 @@ with DAG(
     default_args={"owner": "erpmail", "retries": 1, "retry_delay": timedelta(minutes=2)},
     params={
         "key_date": Param(
-            pendulum.today("Europe/Berlin").start_of("year").subtract(days=1).to_date_string(),
-            type="string",
+            None,
+            type=["null", "string"],
             format="date",
             title="Key date",
-            description="Date the balance is confirmed at (YYYY-MM-DD); default the last year end.",
+            description="Date the balance is confirmed at (YYYY-MM-DD); empty: the last year end "
+            "in the company's time zone, fixed by the first task and kept on the run.",
         ),
         "company": company_param("Company code (erp.companies) whose partners are asked."),
         "side": Param(
@@ -95,8 +99,8 @@ with DAG(
             "nothing open.",
         ),
         "reply_address": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             maxLength=254,
             pattern="^$|^[^@\\s]+@[^@\\s]+$",
             title="Reply address",

@@ -31,6 +31,10 @@ dry run does not count as a previous letter.
 (outbox keys are `dunning:run-<run>:letter-<letter>`). A letter that fails to render or to
 build its mail is `failed` alone with its reason; the run goes on.
 
+**Key date**: empty means today in the company's time zone (`erp.companies.timezone`),
+fixed by `start` and kept on the run (`erp.runs.key_date`), so a rerun the next day keeps it.
+Every optional field may stay empty: the form submits as it opens.
+
 **Partner from/to**: the form checks each field; JSON schema cannot compare two fields, so
 "from after to" is refused by the first task (`start`), before anything is written, with an
 error naming both values.
@@ -63,11 +67,12 @@ with DAG(
     default_args={"owner": "erpmail", "retries": 1, "retry_delay": timedelta(minutes=2)},
     params={
         "key_date": Param(
-            pendulum.today("Europe/Berlin").to_date_string(),
-            type="string",
+            None,
+            type=["null", "string"],
             format="date",
             title="Key date",
-            description="Date items are overdue at and letters are dated (YYYY-MM-DD); default today.",
+            description="Date items are overdue at and letters are dated (YYYY-MM-DD); empty: "
+            "today in the company's time zone, fixed by the first task and kept on the run.",
         ),
         "company": company_param("Company code (erp.companies) whose customers are dunned."),
         "levels": Param(

@@ -53,3 +53,124 @@ def test_seed_on_the_embedded_postgres_with_no_url(tmp_path):
         text=True,
     )
     assert stop.returncode == 0, stop.stderr
+
+
+def _rows(db_url: str, sql: str) -> list[tuple]:
+    conn = psycopg2.connect(db_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_account_add_stores_the_row_and_list_shows_it(db_url):
+    env = {**os.environ, "ERPMAIL_DB_URL": db_url}
+    added = _erpmail(
+        "account", "add", "billing", "--conn-id", "smtp_billing", "--from", "billing@Example.COM",
+        "--display-name", "ACME Buchhaltung", "--sender", "example.com", "--default",
+        "--send-interval", "90", "--hourly-cap", "200", "--sent-folder", "Sent",
+        "--sent-folder-conn-id", "imap_billing", env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    relay = _erpmail(
+        "account", "add", "relay", "--conn-id", "smtp_relay", "--from", "relay@example.com",
+        "--send-interval", "0", env=env,
+    )  # fmt: skip
+    assert relay.returncode == 0, relay.stderr
+    assert "under 60 s" in relay.stderr  # the spam warning of accounts.create_account
+    assert _rows(
+        db_url,
+        "SELECT name, conn_id, from_address, display_name, sender_addresses, is_default,"
+        " send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder"
+        " FROM mail.accounts ORDER BY id",
+    ) == [
+        ("billing", "smtp_billing", "billing@example.com", "ACME Buchhaltung", ["example.com"],
+         True, 90, 200, "imap_billing", "Sent"),
+        ("relay", "smtp_relay", "relay@example.com", "", [], False, 0, None, None, None),
+    ]  # fmt: skip
+    listed = _erpmail("account", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    header, rule, *lines = listed.stdout.splitlines()
+    assert header.split()[:3] == ["name", "connection", "from"] and set(rule) <= {"-", " "}
+    assert lines[0].split()[:3] == ["billing", "smtp_billing", "billing@example.com"]
+    assert "Sent (imap_billing)" in lines[0] and lines[1].split()[0] == "relay"
+
+
+def test_account_add_refuses_bad_values_naming_the_field(db_url):
+    env = {**os.environ, "ERPMAIL_DB_URL": db_url}
+    base = ["account", "add", "a", "--conn-id", "smtp_a", "--from", "a@example.com"]
+    assert _erpmail(*base, "--default", env=env).returncode == 0
+    for args, field in (
+        (["--from", "not-an-address"], "--from"),
+        (["--conn-id", "smtp://user:secret@host:587"], "--conn-id"),
+        (["--hourly-cap", "0"], "--hourly-cap"),
+        (["--send-interval", "-5"], "--send-interval"),
+        (["--sent-folder", "Sent"], "--sent-folder"),
+        (["--sender", "no domain"], "--sender"),
+        (["--display-name", "x\nBcc: evil@example.com"], "--display-name"),
+    ):
+        run = _erpmail(*base[:2], "b", *base[3:], *args, env=env)
+        assert run.returncode == 2, args
+        assert f"erpmail: error: {field}" in run.stderr, run.stderr
+        assert "secret" not in run.stderr
+    twice = _erpmail(*base, env=env)
+    assert twice.returncode == 2 and "name: account 'a' exists already" in twice.stderr
+    second_default = _erpmail("account", "add", "c", *base[3:], "--default", env=env)
+    assert "--default: another account is the default already" in second_default.stderr
+    assert _rows(db_url, "SELECT name FROM mail.accounts") == [("a",)]
+
+
+def test_location_add_stores_the_row_and_its_retention_and_list_shows_it(db_url):
+    env = {**os.environ, "ERPMAIL_DB_URL": db_url}
+    account = _erpmail(
+        "account", "add", "service", "--conn-id", "smtp_s", "--from", "s@example.com", env=env
+    )
+    assert account.returncode == 0, account.stderr
+    added = _erpmail(
+        "location", "add", "sales", "--conn-id", "imap_sales", "--folder", "INBOX/Sales",
+        "--after-import", "move", "--move-to", "Archive", "--link-keyword", "relnr=partner",
+        "--link-keyword", "Projekt=project", "--language", "en", "--notify", "ops@example.com",
+        "--autoreply-account", "service", "--tickets", "--keep-days", "3650", env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    plain = _erpmail("location", "add", "info", "--conn-id", "imap_info", env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert _rows(
+        db_url,
+        "SELECT l.name, l.conn_id, l.folder, l.after_import, l.move_to, l.link_keywords,"
+        " l.language, l.notify_address, a.name, l.ticket_enabled, l.enabled, p.keep_days"
+        " FROM mail.import_locations l LEFT JOIN mail.accounts a ON a.id = l.autoreply_account_id"
+        " LEFT JOIN mail.retention_policies p ON p.location_id = l.id ORDER BY l.id",
+    ) == [
+        ("sales", "imap_sales", "INBOX/Sales", "move", "Archive",
+         {"relnr": "partner", "Projekt": "project"}, "en", "ops@example.com", "service", True,
+         True, 3650),
+        ("info", "imap_info", "INBOX", "flag_seen", None, {}, None, None, None, False, True,
+         None),
+    ]  # fmt: skip
+    listed = _erpmail("location", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()[2:]}
+    assert "move to Archive" in lines["sales"] and "relnr=partner" in lines["sales"]
+    assert "3650" in lines["sales"] and "forever" in lines["info"]
+
+
+def test_location_add_refuses_bad_values_naming_the_field(db_url):
+    env = {**os.environ, "ERPMAIL_DB_URL": db_url}
+    base = ["location", "add", "x", "--conn-id", "imap_x"]
+    for args, field in (
+        (["--after-import", "move"], "--move-to"),
+        (["--link-keyword", "relnr"], "--link-keyword"),
+        (["--link-keyword", "relnr=customer"], "--link-keyword"),
+        (["--language", "Deutsch"], "--language"),
+        (["--notify", "ops@"], "--notify"),
+        (["--autoreply-account", "nobody"], "--autoreply-account"),
+        (["--keep-days", "-1"], "--keep-days"),
+        (["--conn-id", "imaps://user:pw@host"], "--conn-id"),
+    ):
+        run = _erpmail(*base, *args, env=env)
+        assert run.returncode == 2, args
+        assert f"erpmail: error: {field}" in run.stderr, run.stderr
+    assert _rows(db_url, "SELECT count(*) FROM mail.import_locations") == [(0,)]

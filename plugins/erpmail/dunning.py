@@ -287,10 +287,13 @@ def select(
 
 
 def prepare(cur: psycopg2.extensions.cursor, form: Mapping[str, Any]) -> RunRequest:
-    """The ``dunning_run`` form as a run: key date, the levels it may reach, partner range."""
+    """The ``dunning_run`` form as a run: key date (empty: today on the company's clock), the
+    levels it may reach, partner range."""
     low, high = documents.partner_range(form)
     return RunRequest(
-        key_date=documents.form_date(form, "key_date"),
+        key_date=documents.form_date(form, "key_date")
+        if form.get("key_date")
+        else documents.company_today(cur, form["company"]),
         params={
             "levels": sorted({int(level) for level in form.get("levels") or ()}),
             "partner_from": low,

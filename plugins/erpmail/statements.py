@@ -230,9 +230,14 @@ def _money_json(amounts: dict[str, Decimal]) -> Json:
 
 
 def prepare_confirmation(cur: psycopg2.extensions.cursor, form: Mapping[str, Any]) -> RunRequest:
-    """The ``balance_confirmation`` form as a run: key date, side, partner range, minimum,
-    zero balances, and the reply address (normalised; empty: the company's e-mail)."""
+    """The ``balance_confirmation`` form as a run: key date (empty: the last year end on the
+    company's clock), side, partner range, minimum, zero balances, and the reply address
+    (normalised; empty: the company's e-mail)."""
     low, high = documents.partner_range(form)
+    if form.get("key_date"):
+        key_date = documents.form_date(form, "key_date")
+    else:
+        key_date = date(documents.company_today(cur, form["company"]).year - 1, 12, 31)
     reply = form.get("reply_address") or None
     if reply:
         try:
@@ -243,7 +248,7 @@ def prepare_confirmation(cur: psycopg2.extensions.cursor, form: Mapping[str, Any
     if side not in SIDES:
         raise ValueError(f"side {side!r} is not one of {sorted(SIDES)} (param 'side')")
     return RunRequest(
-        key_date=documents.form_date(form, "key_date"),
+        key_date=key_date,
         params={
             "side": side,
             "partner_from": low,

@@ -186,6 +186,7 @@ def test_bad_params_are_refused(setup) -> None:
     dag = dagtest.dag("dunning_run")
     for bad in (
         {"key_date": "02.03.2026"},
+        {"key_date": "2026-02-30"},
         {"levels": ["4"]},
         {"levels": []},
         {"company": "demo; drop"},
@@ -196,3 +197,21 @@ def test_bad_params_are_refused(setup) -> None:
     # from after to: JSON schema cannot compare two fields; the first task refuses it
     dr = dag.test(run_conf={**CONF, "partner_from": "000100", "partner_to": "000050"})
     dagtest.assert_refused_at_start(conn, dr)
+
+
+def test_the_form_runs_as_it_opens_with_today_as_key_date(setup) -> None:
+    conn, _ = setup
+    dag = dagtest.dag("dunning_run")
+    defaults = dag.params.validate()
+    assert (defaults["key_date"], defaults["partner_from"], defaults["note"]) == (None, None, None)
+    # the form untouched but for a small partner range and a dry run, to keep this quick
+    dr = dag.test(run_conf={"partner_from": "000001", "partner_to": "000004", "dry_run": True})
+    assert dr.state == "success"
+    ((key_date, note, params, summary),) = dagtest.rows(
+        conn,
+        "SELECT key_date, note, params, summary FROM erp.runs WHERE airflow_run_id = %s",
+        dr.run_id,
+    )
+    assert (key_date, note) == (pendulum.today("Europe/Berlin").date(), "")
+    assert (params["partner_from"], params["partner_to"]) == ("000001", "000004")
+    assert summary["key_date"] == key_date.isoformat() and summary["letters"] > 0

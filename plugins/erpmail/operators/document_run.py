@@ -11,9 +11,30 @@ are defined here too, next to the task that reads them.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from airflow.sdk import Param, get_current_context, task
 
 PARTNER_NUMBER = "^[0-9A-Za-z_-]{0,20}$"
+# Libraries that log every rendering step at INFO (WeasyPrint: ~6 lines per letter); in a
+# task log they bury erpmail's progress. Their warnings and errors still show.
+CHATTY_LIBRARIES = ("weasyprint", "fontTools", "PIL", "pydyf", "pypdf")
+
+
+@contextmanager
+def library_chatter_silenced(names: tuple[str, ...] = CHATTY_LIBRARIES) -> Iterator[None]:
+    """Raise the named libraries' loggers to WARNING while the block runs, then restore them."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def company_param(description: str) -> Param:
@@ -27,15 +48,15 @@ def partner_range_params() -> dict[str, Param]:
     """``partner_from`` and ``partner_to``; from after to is refused by ``start``."""
     return {
         "partner_from": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             pattern=PARTNER_NUMBER,
             title="Partner number from",
             description="First partner number (inclusive, compared as text); empty: from the first.",
         ),
         "partner_to": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             pattern=PARTNER_NUMBER,
             title="Partner number to",
             description="Last partner number (inclusive); empty: to the last. Must not be before "
@@ -54,8 +75,8 @@ def run_option_params() -> dict[str, Param]:
             description="Generate and render for review only: nothing archived, nothing queued.",
         ),
         "note": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             maxLength=500,
             title="Note",
             description="Free text kept on the run and in its summary.",
@@ -101,7 +122,8 @@ def document_tasks(kind: str) -> None:
         """Render and archive one batch of letters."""
         from erpmail import documents
 
-        return documents.render_batch(erp_run, batch, documents.kind_named(kind))
+        with library_chatter_silenced():
+            return documents.render_batch(erp_run, batch, documents.kind_named(kind))
 
     @task
     def route(erp_run: int, batch: int) -> dict[str, int]:
@@ -115,7 +137,8 @@ def document_tasks(kind: str) -> None:
         """All paper letters in one archived PDF."""
         from erpmail import documents
 
-        return documents.print_batch(erp_run, documents.kind_named(kind).document)
+        with library_chatter_silenced():
+            return documents.print_batch(erp_run, documents.kind_named(kind).document)
 
     @task
     def summary(erp_run: int) -> dict:
