@@ -71,7 +71,7 @@ with DAG(
     },
 ) as dag:
 
-    @task(execution_timeout=timedelta(minutes=55))
+    @task(execution_timeout=timedelta(minutes=55), pool="smtp")
     def dispatch(params: dict | None = None) -> dict:
         """Run the dispatcher once; returns the run's counts (small, for XCom)."""
         from erpmail import dispatch as dispatcher
