@@ -11,7 +11,7 @@ export ERPMAIL_TEST_DB_URL ?= postgresql://postgres@127.0.0.1:5432/test
 RUNTIME_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core
 TEST_PACKAGES := $(RUNTIME_PACKAGES) dovecot-imapd redis-server chromium docker-compose
 
-.PHONY: venv system-packages postgres lint test demo bench clean
+.PHONY: venv system-packages postgres lint test demo bench clean up down
 
 venv: $(STAMP)
 
@@ -62,3 +62,11 @@ bench: venv system-packages postgres
 
 clean:
 	rm -rf var/demo var/archive
+
+# The team deployment (docker-compose.yaml, README "Run it for a team"): needs Docker and .env.
+up:
+	@test -f .env || { echo "copy .env.example to .env and fill in its secrets first" >&2; exit 1; }
+	docker compose --profile mail up -d --build
+
+down:
+	docker compose --profile mail down

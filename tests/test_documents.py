@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import email
 import io
+import logging
+import re
 from datetime import date, timedelta
+from decimal import Decimal
 from email import policy
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+import pendulum
 import psycopg2.extensions
 import pypdf
 import pytest
 
 from erpmail import archive, db, documents, seed
 from erpmail.dunning import DUNNING
+from erpmail.statements import BALANCE_CONFIRMATION
 from tests.mailaccounts import company_account
 from tests.pdftext import pdf_text
 
@@ -234,3 +241,116 @@ def test_start_run_checks_the_form_and_resumes(book) -> None:
     assert _rows(book, "SELECT count(*) FROM erp.runs WHERE airflow_run_id = 'manual__bad'") == [
         (0,)
     ]
+
+
+# The form as the trigger form submits it untouched: every optional field None.
+DEFAULT_FORM = {
+    "company": "DEMO",
+    "key_date": None,
+    "levels": ["1", "2", "3"],
+    "partner_from": None,
+    "partner_to": None,
+    "dry_run": False,
+    "note": None,
+}
+
+
+def test_an_empty_key_date_is_today_on_the_company_clock_and_kept_on_rerun(book) -> None:
+    run = documents.start_run(DUNNING, "manual__defaults", DEFAULT_FORM)
+    stored = _rows(book, "SELECT key_date, params, note FROM erp.runs WHERE id = %s", run)
+    assert stored == [
+        (
+            pendulum.today("Europe/Berlin").date(),
+            {"levels": [1, 2, 3], "partner_from": None, "partner_to": None},
+            "",
+        )
+    ]
+    # a rerun the next day resumes the run with the date it was started with
+    with db.transaction(book) as cur:
+        cur.execute("UPDATE erp.runs SET key_date = %s WHERE id = %s", (KEY, run))
+    assert documents.start_run(DUNNING, "manual__defaults", DEFAULT_FORM) == run
+    assert _rows(book, "SELECT key_date FROM erp.runs WHERE id = %s", run) == [(KEY,)]
+    # 25 hours apart: these two zones never share a date, so UTC or Berlin cannot pass both
+    for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        with db.transaction(book) as cur:
+            cur.execute("UPDATE erp.companies SET timezone = %s WHERE code = 'DEMO'", (zone,))
+        run = documents.start_run(DUNNING, f"manual__{zone}", DEFAULT_FORM)
+        today = pendulum.today(zone).date()
+        assert _rows(book, "SELECT key_date FROM erp.runs WHERE id = %s", run) == [(today,)]
+        with db.transaction(book) as cur:
+            request = BALANCE_CONFIRMATION.prepare(
+                cur, {**DEFAULT_FORM, "side": "both", "reply_address": None}
+            )
+        assert request.key_date == date(today.year - 1, 12, 31)
+        assert request.params["reply_address"] is None
+
+
+def _german(amount: str) -> str:
+    return f"{Decimal(amount):,.2f}".replace(",", " ").replace(".", ",").replace(" ", ".") + " €"
+
+
+def _file_behind(url: str) -> bytes:
+    parts = urlsplit(url)
+    assert parts.scheme == "file"
+    return Path(unquote(parts.path)).read_bytes()
+
+
+def test_summary_reads_in_the_company_language_with_amounts_and_links(book) -> None:
+    run = _run()
+    _, printed, summary = _pipeline(run)
+    assert summary["language"] == "de" and summary["totals"]
+    # Babel puts a no-break space before the symbol, as in the letters
+    german = documents.summary_text(summary).replace("\xa0", " ")
+    assert german.startswith(f"Mahnlauf {run} (manual__1), Firma DEMO, Stichtag 02.03.2026")
+    assert f"Briefe: {summary['letters']} (" in german
+    assert "Papier:" in german and "ohne E-Mail-Adresse" in german
+    for status, amounts in summary["totals"].items():
+        if "EUR" in amounts:
+            assert _german(amounts["EUR"]) in german, (status, amounts)
+    assert re.search(r"\d\.\d{3},\d{2} €", german), "a total of a thousand euros or more"
+    batch_url = re.search(r"^Druckstapel: (\S+)$", german, re.MULTILINE).group(1)
+    assert _file_behind(batch_url) == archive.read(printed)
+    sample_url = re.search(r"^Beispiel-PDF: (\S+)$", german, re.MULTILINE).group(1)
+    assert _file_behind(sample_url) == archive.read(summary["sample_pdf"])
+    assert not {"Letters", "Level", "Total", "key", "Print", "Sample"} & set(
+        re.findall(r"[A-Za-z]+", german)
+    )
+
+    with db.transaction(book) as cur:
+        cur.execute("UPDATE erp.companies SET language = 'en' WHERE code = 'DEMO'")
+    english_summary = documents.summarize(run)
+    english = documents.summary_text(english_summary).replace("\xa0", " ")
+    assert {k: v for k, v in english_summary.items() if k != "language"} == {
+        k: v for k, v in summary.items() if k != "language"
+    }  # the stored keys and values stay; only the language differs
+    assert english.startswith(f"Dunning run {run} (manual__1), company DEMO, key date 2 Mar 2026")
+    assert "no e-mail address" in english and "Briefe" not in english
+    for amounts in english_summary["totals"].values():
+        if "EUR" in amounts:
+            assert f"€{Decimal(amounts['EUR']):,.2f}" in english
+    assert f"Print batch: {batch_url}" in english
+
+
+def test_rendering_logs_no_library_chatter_but_erpmail_progress(book, caplog) -> None:
+    from erpmail.operators.document_run import library_chatter_silenced
+
+    run = _run()
+    first, second, *_ = documents.plan_batches(run, max_batches=3, min_size=4)
+    caplog.set_level(logging.INFO)
+    documents.render_batch(run, first, DUNNING, workers=1, chunk_size=10)
+    chatter = [r for r in caplog.records if r.name.startswith(("weasyprint", "fontTools"))]
+    assert chatter, "WeasyPrint logs its steps at INFO when left alone"
+    caplog.clear()
+    level = logging.getLogger("weasyprint").level
+    with library_chatter_silenced():
+        done = documents.render_batch(run, second, DUNNING, workers=1, chunk_size=10)
+    assert done["archived"] > 0
+    libraries = [
+        r
+        for r in caplog.records
+        if r.name.startswith(("weasyprint", "fontTools")) and r.levelno < logging.WARNING
+    ]
+    assert libraries == []
+    own = [r.getMessage() for r in caplog.records if r.name.startswith("erpmail")]
+    assert any(f"run {run} batch {second}: {done['archived']} archived" in m for m in own), own
+    assert logging.getLogger("weasyprint").level == level  # restored after the block
