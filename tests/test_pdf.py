@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import re
 import threading
 from dataclasses import replace
@@ -141,7 +142,7 @@ def test_created_date_from_the_letter_context(seeded_db):
     created = datetime(2024, 3, 5, 9, 30, tzinfo=ZoneInfo("Europe/Berlin"))
     (result,) = pdf.render_batch(sources([replace(context, created=created)]))
     meta = pypdf.PdfReader(io.BytesIO(result.pdf)).metadata
-    assert meta["/CreationDate"] == "D:20240305093000+01'00'"
+    assert meta.creation_date == created
 
 
 @pytest.fixture
@@ -217,7 +218,7 @@ def test_fetcher_directly():
     assert len(fetcher.refused) == 5
 
 
-def test_render_many_uses_a_pool_and_keeps_order(seeded_db):
+def test_render_many_renders_in_this_process_in_order_and_fails_alone(seeded_db):
     contexts = load_contexts(seeded_db, limit=7)
     letters = sources(contexts)
     letters[3] = pdf.LetterSource(
@@ -226,13 +227,71 @@ def test_render_many_uses_a_pool_and_keeps_order(seeded_db):
             "</head>", '<link rel="stylesheet" href="http://127.0.0.1:9/x.css"></head>'
         ),
     )
-    results = pdf.render_many(letters, workers=2, chunk_size=3)
+    letters[5] = pdf.LetterSource(letters[5].key, letters[5].html.replace(pdf.LETTER_CSS_LINK, ""))
+    children = multiprocessing.active_children()
+    results = pdf.render_many(letters)
 
+    assert multiprocessing.active_children() == children  # no process started
     assert [r.key for r in results] == [c.partner.number for c in contexts]
     assert [r.ok for r in results] == [True, True, True, False, True, True, True]
+    assert "refused" in results[3].error
     for context, result in zip(contexts, results, strict=True):
         if result.ok:
             assert re.search(rf"\b{context.partner.number}\b", pdf_text(result.pdf))
+    # a letter without the shared stylesheet is laid out without it (A4 without its margins)
+    assert pdf_text(results[5].pdf) != pdf_text(pdf.render_batch(sources([contexts[5]]))[0].pdf)
+
+
+def page_texts(data: bytes) -> list[str]:
+    return [page.extract_text() for page in pypdf.PdfReader(io.BytesIO(data)).pages]
+
+
+def test_batch_letters_read_as_the_naive_ones_page_by_page(seeded_db):
+    contexts = load_contexts(seeded_db)
+    by_language = {}
+    for context in contexts:
+        by_language.setdefault(context.partner.language, context)
+    assert {"de", "en", "nl"} <= set(by_language)
+    chosen = [
+        by_language[language] for language in ("de", "en", "nl", None) if language in by_language
+    ]
+    long = by_language["en"]
+    many = [
+        replace(long.items[0], doc_number=f"RE{long.partner.number}-L{n:03d}") for n in range(40)
+    ]
+    chosen.append(replace(long, items=many))
+    ledger = {
+        "EUR": {
+            "receivable": Decimal("120.00"),
+            "payable": Decimal("0.00"),
+            "balance": Decimal("120.00"),
+        }
+    }
+    balance = replace(
+        by_language["de"],
+        document="balance_confirmation",
+        texts=None,
+        level=None,
+        fee=Decimal("0.00"),
+        extra={
+            "ledger": ledger,
+            "balance": {"EUR": Decimal("120.00")},
+            "sides": [],
+            "reply_address": "buchhaltung@example.com",
+            "link": "relnr 1",
+            "letter_id": 1,
+        },
+    )
+    chosen.append(balance)
+    letters = sources(chosen)
+    results = pdf.render_batch(letters)
+
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [r.pages for r in results][-2:] == [3, 2]  # the long letter, the reply form's page
+    for letter, result in zip(letters, results, strict=True):
+        naive = pdf.render_single(letter.html)
+        assert page_texts(result.pdf) == page_texts(naive), letter.key
+        assert result.pages == len(pypdf.PdfReader(io.BytesIO(naive)).pages)
 
 
 def test_loader_levels_follow_days_overdue(seeded_db):
@@ -248,9 +307,9 @@ def test_loader_levels_follow_days_overdue(seeded_db):
 def test_progress_is_logged(seeded_db, monkeypatch, caplog):
     monkeypatch.setattr(pdf, "PROGRESS_SECONDS", 0.0)
     caplog.set_level("INFO", logger="erpmail.pdf")
-    results = pdf.render_many(sources(load_contexts(seeded_db, limit=3)), workers=1, chunk_size=2)
+    results = pdf.render_many(sources(load_contexts(seeded_db, limit=3)))
     assert all(r.ok for r in results)
     messages = [r.getMessage() for r in caplog.records if r.name == "erpmail.pdf"]
-    assert any(m.startswith("laid out 1/2 letters") for m in messages)
+    assert any(m.startswith("rendered 1/3 letters") for m in messages)
     assert any(m.startswith("rendered 2/3 letters") for m in messages)
     assert messages[-1].startswith("rendered 3 letters (0 failed)")

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # templates pulls in babel: imported where a letter is render
     from erpmail.templates import Company, Partner
 
 PROGRESS_SECONDS = 5.0
+SUMMARY_TEMPLATES = "run_summary"  # include/templates/run_summary/<lang>/body.txt
 # Batches per run: mapped render + route tasks stay at 2 x this (the DAG has 4 more tasks).
 MAX_BATCHES = 20
 MIN_BATCH_SIZE = 200
@@ -53,6 +55,7 @@ SELECT id, kind, airflow_run_id, company, key_date, dry_run, params, note, statu
        print_batch_path, summary
   FROM erp.runs WHERE id = %s"""
 COMPANY_EXISTS = "SELECT 1 FROM erp.companies WHERE code = %s"
+COMPANY_TIMEZONE = "SELECT timezone FROM erp.companies WHERE code = %s"
 COMPANY = """
 SELECT code, name, street, postcode, city, country, email, phone, iban, language, currency
   FROM erp.companies WHERE code = %s"""
@@ -307,6 +310,20 @@ def form_date(form: Mapping[str, Any], name: str) -> date:
         raise ValueError(f"param {name!r}: {form.get(name)!r} is not a date (YYYY-MM-DD)") from exc
 
 
+def company_today(cur: psycopg2.extensions.cursor, code: str) -> date:
+    """Today on the company's clock (erp.companies.timezone); an error naming the param."""
+    import pendulum
+
+    cur.execute(COMPANY_TIMEZONE, (code,))
+    row = cur.fetchone()
+    if row is None:
+        raise ValueError(f"company {code!r} not found in erp.companies (param 'company')")
+    try:
+        return pendulum.now(row[0]).date()
+    except Exception as exc:  # pendulum raises its own error types for an unknown zone
+        raise ValueError(f"company {code!r}: time zone {row[0]!r} is not known") from exc
+
+
 def letter_heads(cur: psycopg2.extensions.cursor, letter_ids: Sequence[int]) -> list[LetterHead]:
     """The letters with these ids (those that exist), each with its addressee."""
     from erpmail.templates import Partner
@@ -487,11 +504,9 @@ def render_batch(
                 continue
             sources.append(pdf.LetterSource(str(letter_id), rendered.letter_html))
             meta[letter_id] = (number, rendered.language, rendered.fallback_from)
-        if chunk_size is None:  # enough chunks to keep every core busy, at most 50 letters each
-            chunk_size = max(10, min(50, math.ceil(len(sources) / (2 * (workers or pdf.cores())))))
-        results = (
-            pdf.render_many(sources, workers=workers, chunk_size=chunk_size) if sources else []
-        )
+        # one letter after the other in this process: the run's parallelism is its mapped
+        # render tasks over the worker slots (workers and chunk_size no longer change anything)
+        results = pdf.render_many(sources) if sources else []
         status = "rendered" if run.dry_run else "archived"
         done = []
         for result in results:
@@ -675,6 +690,7 @@ def summarize(run_id: int) -> dict[str, Any]:
     the run (which is then ``done``) and logged as a readable text."""
     with db.transaction() as cur:
         run = load_run(cur, run_id, lock=True)
+        _, language, _ = load_company(cur, run.company)
         cur.execute(SUMMARY_COUNTS, (run_id,))
         by_status: Counter[str] = Counter()
         by_level: dict[str, Counter[str]] = defaultdict(Counter)
@@ -709,6 +725,7 @@ def summarize(run_id: int) -> dict[str, Any]:
             "print_batch": run.print_batch_path,
             "sample_pdf": sample[0] if sample else None,
             "archive_root": str(archive.root()),
+            "language": language,
         }
         cur.execute(FINISH_RUN, (Json(summary), run_id))
     log.info("%s", summary_text(summary))
@@ -716,22 +733,29 @@ def summarize(run_id: int) -> dict[str, Any]:
 
 
 def summary_text(summary: dict[str, Any]) -> str:
-    """The summary as a clerk reads it."""
-    lines = [
-        f"{summary['kind']} run {summary['run_id']} ({summary['airflow_run_id']}), company "
-        f"{summary['company']}, key date {summary['key_date']}"
-        + (" - DRY RUN, nothing archived or sent" if summary["dry_run"] else ""),
-        f"letters: {summary['letters']}  "
-        + ", ".join(f"{s} {n}" for s, n in summary["by_status"].items()),
-    ]
-    for level, counts in summary["by_level"].items():
-        lines.append(f"  level {level}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
-    for status, amounts in summary["totals"].items():
-        lines.append(f"  total {status}: " + ", ".join(f"{a} {c}" for c, a in amounts.items()))
-    if summary["paper_reasons"]:
-        lines.append("paper: " + ", ".join(f"{r} {n}" for r, n in summary["paper_reasons"].items()))
-    for failure in summary["failures"]:
-        lines.append(f"FAILED {failure['partner']}: {failure['error']}")
-    lines.append(f"print batch: {summary['print_batch'] or '-'}")
-    lines.append(f"archive: {summary['archive_root']}")
-    return "\n".join(lines)
+    """The summary as a clerk reads it: in the company's language (``run_summary/<lang>/``
+    templates, amounts and dates as in the letters), the print batch and a sample PDF as
+    URLs that open them."""
+    from erpmail import templates
+
+    engine = templates.default()
+    language, _ = engine.language_for(SUMMARY_TEMPLATES, summary.get("language"))
+    variables = {
+        "summary": summary,
+        "key_date": date.fromisoformat(summary["key_date"]),
+        "levels": {lv: c for lv, c in summary["by_level"].items() if lv != "-"},
+        "print_batch_url": archive_url(summary.get("print_batch")),
+        "sample_pdf_url": archive_url(summary.get("sample_pdf")),
+    }
+    return engine.render(f"{SUMMARY_TEMPLATES}/{language}/body.txt", language, variables).strip()
+
+
+def archive_url(key: str | None) -> str | None:
+    """A URL a user opens a stored file with: ``file://`` for the local store, else the
+    store's own (fsspec) URL, without connection ids; None for no key."""
+    if not key:
+        return None
+    target = archive.path_of(key)
+    if archive.local_root() is not None:
+        return Path(target.path).resolve().as_uri()
+    return target.as_uri()

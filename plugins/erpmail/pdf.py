@@ -1,32 +1,26 @@
-"""Letters as PDF: many letters rendered as ONE WeasyPrint document, split per letter with pypdf.
+"""Letters as PDF: each letter laid out and written by WeasyPrint on its own, in the calling process.
 
-Font subsetting dominates the cost of a PDF, so a batch is written once and cut into letters
-at the bookmark each letter carries (never one page per letter: long letters stay whole).
-Each letter is laid out on its own, so page numbers and failures stay per letter. Resources
-are served only from ``include/templates/``: no network, no file outside it.
+One task renders its batch sequentially; parallelism comes from mapped render tasks over the
+worker slots, never from processes a task starts. What every letter shares is made once per
+process and template root: the font configuration and the parsed letter stylesheet. Each
+letter is its own document, so page numbers ("Seite X von Y"), fonts (subset per letter) and
+failures stay per letter. Resources are served only from ``include/templates/``: no network,
+no file outside it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import mimetypes
-import multiprocessing
-import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-import pypdf
-import weasyprint
-from pypdf.generic import DecodedStreamObject, NameObject, TextStringObject
-from weasyprint import CSS, HTML
-from weasyprint.pdf.metadata import DocumentMetadata
+from weasyprint import CSS, HTML, Document
 from weasyprint.text.fonts import FontConfiguration
 from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
 
@@ -35,19 +29,16 @@ from erpmail.templates import TEMPLATES_DIR
 log = logging.getLogger(__name__)
 
 PDF_VARIANTS = (None, "pdf/a-3b")
-BOOKMARK_PREFIX = "erpmail-letter "
 PROGRESS_SECONDS = 5.0
-# Each letter carries one top-level bookmark labelled with its index in the batch, and the
-# templates' own headings carry none, so the outline of a batch is exactly its letters.
-_MARKER_CSS = "h1, h2, h3, h4, h5, h6 { bookmark-level: none }"
+# The shared letter stylesheet, as letter/base.html links it. The batch path drops this exact
+# tag and passes the stylesheet parsed once instead (a user-origin sheet then: no template
+# overrides a letter.css property with a less specific selector, so the cascade is the same).
+LETTER_CSS = "letter/letter.css"
+LETTER_CSS_LINK = f'<link rel="stylesheet" href="{LETTER_CSS}">'
 
 
 class ResourceRefused(ValueError):
     """A template asked for a resource outside ``include/templates/`` (or on the network)."""
-
-
-class LetterRenderError(Exception):
-    """One letter could not be rendered; the message names the letter and the cause."""
 
 
 @dataclass(frozen=True)
@@ -135,81 +126,57 @@ def render_single(
     )
 
 
-def _pdf_date(value: str) -> str:
-    """A W3C date (as WeasyPrint reads ``dcterms.created``) as a PDF date string."""
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    offset = moment.strftime("%z") or "+0000"
-    return f"D:{moment:%Y%m%d%H%M%S}{offset[:3]}'{offset[3:]}'"
+def pdf_variant_checked(pdf_variant: str | None) -> str | None:
+    """``pdf_variant`` if erpmail writes it, else ``ValueError``."""
+    if pdf_variant not in PDF_VARIANTS:
+        raise ValueError(f"pdf_variant {pdf_variant!r} is not one of {PDF_VARIANTS}")
+    return pdf_variant
 
 
-def _split_points(reader: pypdf.PdfReader, indexes: list[int]) -> list[int]:
-    """Start page of each letter (by batch index), read from the batch's own outline."""
-    starts: dict[int, int] = {}
-    for entry in reader.outline:
-        if isinstance(entry, list) or not str(entry.title).startswith(BOOKMARK_PREFIX):
-            continue
-        index = int(str(entry.title)[len(BOOKMARK_PREFIX) :])
-        starts[index] = reader.get_destination_page_number(entry)
-    if sorted(starts) != indexes:
-        raise RuntimeError(f"batch outline names letters {sorted(starts)}, expected {indexes}")
-    return [starts[i] for i in indexes]
+@dataclass(frozen=True)
+class Shared:
+    """What every letter under one template root shares: fonts and the parsed stylesheet."""
+
+    fonts: FontConfiguration
+    letter_css: CSS
 
 
-def _letter_pdf(
-    reader: pypdf.PdfReader,
-    first: int,
-    last: int,
-    metadata: DocumentMetadata,
-    pdf_variant: str | None,
-) -> bytes:
-    writer = pypdf.PdfWriter()
-    writer.pdf_header = reader.pdf_header
-    for number in range(first, last):
-        writer.add_page(reader.pages[number])
-    writer.generate_file_identifiers()  # PDF/A wants a file identifier; harmless otherwise
-    created = metadata.created or datetime.now(UTC).isoformat(timespec="seconds")
-    # the info dictionary and the XMP packet must agree (PDF/A): same producer, same date
-    info = {
-        "/Producer": f"WeasyPrint {weasyprint.__version__}",
-        "/CreationDate": _pdf_date(created),
-    }
-    if metadata.title:
-        info["/Title"] = metadata.title
-    if metadata.authors:
-        info["/Author"] = ", ".join(metadata.authors)
-    if metadata.description:
-        info["/Subject"] = metadata.description
-    writer.add_metadata(info)
-    if pdf_variant:
-        # PDF/A: the output intent and an XMP packet matching this letter's info dictionary
-        root = reader.trailer["/Root"]
-        if "/OutputIntents" in root:
-            intents = root["/OutputIntents"].clone(writer)
-            writer._root_object[NameObject("/OutputIntents")] = intents
-        _, version, conformance = {"pdf/a-3b": ("a", 3, "B")}[pdf_variant]
-        meta = DocumentMetadata(
-            title=metadata.title,
-            authors=metadata.authors,
-            description=metadata.description,
-            created=created,
+_shared: dict[Path, Shared] = {}  # filled on first use, never at import (no side effects)
+
+
+def shared(root: Path = TEMPLATES_DIR) -> Shared:
+    """The process's ``Shared`` for ``root``, made on first use."""
+    root = Path(root).resolve()
+    if root not in _shared:
+        fonts = FontConfiguration()
+        css = CSS(
+            url=base_url(root) + LETTER_CSS, url_fetcher=TemplateFetcher(root), font_config=fonts
         )
-        xml = meta.generate_rdf_metadata("a", version, conformance)
-        packet = (
-            b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
-            b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + xml + b'</x:xmpmeta>\n<?xpacket end="r"?>'
-        )
-        stream = DecodedStreamObject()
-        stream.set_data(packet)
-        stream[NameObject("/Type")] = NameObject("/Metadata")
-        stream[NameObject("/Subtype")] = NameObject("/XML")
-        writer._root_object[NameObject("/Metadata")] = writer._add_object(stream)
-        if metadata.lang:
-            writer._root_object[NameObject("/Lang")] = TextStringObject(metadata.lang)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+        _shared[root] = Shared(fonts, css)
+    return _shared[root]
+
+
+def lay_out(
+    letter: LetterSource,
+    fetcher: TemplateFetcher,
+    *,
+    pdf_variant: str | None = None,
+    root: Path = TEMPLATES_DIR,
+) -> Document:
+    """One letter laid out with the shared fonts and stylesheet (WeasyPrint's errors pass)."""
+    common = shared(root)
+    html, stylesheets = letter.html, []
+    if LETTER_CSS_LINK in html:
+        html, stylesheets = html.replace(LETTER_CSS_LINK, "", 1), [common.letter_css]
+    return HTML(string=html, base_url=base_url(root), url_fetcher=fetcher).render(
+        stylesheets=stylesheets, font_config=common.fonts, pdf_variant=pdf_variant
+    )
+
+
+def _failure(letter: LetterSource, exc: BaseException) -> LetterPdf:
+    if isinstance(exc, FatalURLFetchingError):  # WeasyPrint's way to stop: the cause tells why
+        return LetterPdf(letter.key, None, error=f"letter {letter.key}: {exc.__cause__ or exc}")
+    return LetterPdf(letter.key, None, error=f"letter {letter.key}: {type(exc).__name__}: {exc}")
 
 
 def render_batch(
@@ -218,118 +185,47 @@ def render_batch(
     pdf_variant: str | None = None,
     root: Path = TEMPLATES_DIR,
 ) -> list[LetterPdf]:
-    """Render ``letters`` as one document and split it: one ``LetterPdf`` per letter, in order.
+    """Render ``letters`` one after the other: one ``LetterPdf`` per letter, in order.
 
-    A letter whose template is broken or asks for a refused resource fails alone (``error``);
-    the others are written in one ``write_pdf()``. PDF metadata comes from each letter's
-    ``<title>``, ``<meta name=author|description|dcterms.created>``.
+    A letter whose template is broken or asks for a refused resource fails alone (``error``).
+    PDF metadata comes from each letter's ``<title>``, ``<meta name=author|description|
+    dcterms.created>``. Progress (done/total, rate, time left) is logged every few seconds.
     """
-    if pdf_variant not in PDF_VARIANTS:
-        raise ValueError(f"pdf_variant {pdf_variant!r} is not one of {PDF_VARIANTS}")
-    fonts = FontConfiguration()
+    pdf_variant_checked(pdf_variant)
     fetcher = TemplateFetcher(root)
-    url = base_url(root)
-    marker = CSS(string=_MARKER_CSS, font_config=fonts)
-    results: dict[int, LetterPdf] = {}
-    documents = []  # (index, document)
-    progress = Progress("laid out", len(letters))
-    for index, letter in enumerate(letters):
-        label = CSS(
-            string=f'html {{ bookmark-level: 1; bookmark-label: "{BOOKMARK_PREFIX}{index}" }}',
-            font_config=fonts,
-        )
+    rendered_at = datetime.now(UTC).isoformat(timespec="seconds")
+    progress = Progress("rendered", len(letters))
+    results = []
+    for done, letter in enumerate(letters, start=1):
         try:
-            document = HTML(string=letter.html, base_url=url, url_fetcher=fetcher).render(
-                stylesheets=[marker, label], font_config=fonts, pdf_variant=pdf_variant
-            )
-        except FatalURLFetchingError as exc:  # a BaseException: WeasyPrint's way to stop
-            cause = exc.__cause__ or exc
-            results[index] = LetterPdf(letter.key, None, error=f"letter {letter.key}: {cause}")
-            continue
-        except Exception as exc:
-            results[index] = LetterPdf(
-                letter.key, None, error=f"letter {letter.key}: {type(exc).__name__}: {exc}"
-            )
-            continue
-        documents.append((index, document))
-        progress.step(index + 1)
-    if documents:
-        pages = [page for _, doc in documents for page in doc.pages]
-        batch = documents[0][1].copy(pages).write_pdf(pdf_variant=pdf_variant)
-        reader = pypdf.PdfReader(io.BytesIO(batch))
-        starts = _split_points(reader, [i for i, _ in documents]) + [len(reader.pages)]
-        for position, (index, doc) in enumerate(documents):
-            first, last = starts[position], starts[position + 1]
-            if last - first != len(doc.pages):
-                raise RuntimeError(
-                    f"letter {letters[index].key}: outline gives {last - first} pages, "
-                    f"layout gave {len(doc.pages)}"
-                )
-            data = _letter_pdf(reader, first, last, doc.metadata, pdf_variant)
-            results[index] = LetterPdf(letters[index].key, data, pages=last - first)
-    return [results[i] for i in range(len(letters))]
-
-
-def cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _worker(letters: list[LetterSource], pdf_variant: str | None, root: str) -> list[LetterPdf]:
-    return render_batch(letters, pdf_variant=pdf_variant, root=Path(root))
+            document = lay_out(letter, fetcher, pdf_variant=pdf_variant, root=root)
+            # a letter without <meta name=dcterms.created> is dated when it is rendered
+            document.metadata.created = document.metadata.created or rendered_at
+            data = document.write_pdf(pdf_variant=pdf_variant)
+        except (Exception, FatalURLFetchingError) as exc:  # FatalURLFetchingError: a BaseException
+            results.append(_failure(letter, exc))
+        else:
+            results.append(LetterPdf(letter.key, data, pages=len(document.pages)))
+        progress.step(done)
+    return results
 
 
 def render_many(
     letters: Sequence[LetterSource],
     *,
-    workers: int | None = None,
-    chunk_size: int = 50,
     pdf_variant: str | None = None,
     root: Path = TEMPLATES_DIR,
 ) -> list[LetterPdf]:
-    """``render_batch`` spread over a process pool (default: every usable core), in order.
-
-    Letters go to workers in chunks of ``chunk_size``; each chunk is one WeasyPrint document.
-    Progress (done/total, rate, time left) is logged every few seconds.
-    """
-    workers = workers or cores()
-    chunks = [list(letters[i : i + chunk_size]) for i in range(0, len(letters), chunk_size)]
+    """``render_batch`` for one task's letters, ending with a summary a clerk can read."""
     started = time.monotonic()
-    progress = Progress("rendered", len(letters))
-    done = 0
-    results: dict[int, list[LetterPdf]] = {}
-
-    if workers <= 1 or len(chunks) <= 1:
-        for number, chunk in enumerate(chunks):
-            results[number] = render_batch(chunk, pdf_variant=pdf_variant, root=root)
-            done += len(chunk)
-            progress.step(done)
-    else:
-        # forkserver: no fork of a threaded Airflow task process; the server preloads us once
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["erpmail.pdf"])
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context) as pool:
-            futures = {
-                pool.submit(_worker, chunk, pdf_variant, str(root)): number
-                for number, chunk in enumerate(chunks)
-            }
-            for future in as_completed(futures):
-                number = futures[future]
-                results[number] = future.result()
-                done += len(chunks[number])
-                progress.step(done)
-    out = [pdf for number in range(len(chunks)) for pdf in results[number]]
+    out = render_batch(letters, pdf_variant=pdf_variant, root=root)
     failed = sum(1 for pdf in out if not pdf.ok)
     elapsed = time.monotonic() - started
     log.info(
-        "rendered %d letters (%d failed) in %.1f s with %d worker(s): %.1f letters/s",
+        "rendered %d letters (%d failed) in %.1f s: %.1f letters/s",
         len(out) - failed,
         failed,
         elapsed,
-        workers,
         len(out) / elapsed if elapsed else 0.0,
     )
     return out
