@@ -98,3 +98,14 @@ def test_database_url_from_a_json_airflow_connection(monkeypatch):
         ' "password": "s3cret", "schema": "erp"}',
     )
     assert database.database_url() == "postgresql://erp:s3cret@db.example.com:5433/erp"
+
+
+def test_no_embedded_server_on_a_celery_worker(monkeypatch):
+    for var in ("ERPMAIL_DB_URL", "AIRFLOW_CONN_ERP_DB"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
+    started = []
+    monkeypatch.setattr(database, "embedded_url", lambda: started.append(1) or "postgresql://x")
+    with pytest.raises(RuntimeError, match="AIRFLOW_CONN_ERP_DB") as refused:
+        database.database_url()
+    assert "CeleryExecutor" in str(refused.value) and not started

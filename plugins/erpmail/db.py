@@ -70,9 +70,35 @@ def embedded_url() -> str:
     return server.get_uri()
 
 
+def _distributed_executor() -> str | None:
+    """The executor's name when tasks may run on other machines (Celery), else None."""
+    executor = os.environ.get("AIRFLOW__CORE__EXECUTOR", "")
+    if not executor and "airflow.sdk" in sys.modules:
+        try:
+            from airflow.configuration import conf
+
+            executor = conf.get("core", "executor", fallback="")
+        except Exception:  # a task process may not read the configuration: assume local
+            executor = ""
+    return executor if "Celery" in executor else None
+
+
 def database_url() -> str:
-    """The database erpmail works on, by the order above."""
-    return _airflow_url() or os.environ.get("ERPMAIL_DB_URL") or embedded_url()
+    """The database erpmail works on, by the order above.
+
+    Never the embedded server under a distributed executor: each worker would start a
+    database of its own, and letters would land where no other process finds them.
+    """
+    url = _airflow_url() or os.environ.get("ERPMAIL_DB_URL")
+    if url:
+        return url
+    executor = _distributed_executor()
+    if executor:
+        raise RuntimeError(
+            f"no Airflow connection {CONN_ID!r} (nor ERPMAIL_DB_URL) on this {executor} worker: "
+            "set AIRFLOW_CONN_ERP_DB for every Airflow service (see docker-compose.yaml)"
+        )
+    return embedded_url()
 
 
 def connect(url: str | None = None) -> psycopg2.extensions.connection:
