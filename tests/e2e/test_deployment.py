@@ -1,0 +1,419 @@
+"""erpmail on the real Airflow services, as a team runs it: API server, scheduler, DAG
+processor, triggerer and two Celery workers on PostgreSQL and Redis, started from the
+settings of ``docker-compose.yaml`` (``tests/e2e/services.py``). Runs go through Airflow's
+task supervisor inside Celery's worker processes, never through ``dag.test()``.
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import secrets
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from unittest import mock
+
+import httpx
+import psycopg2
+import pytest
+
+from erpmail import db, seed
+from erpmail.imap import ImapHook
+from tests.conftest import TEST_DB_URL
+from tests.e2e import services
+from tests.mailaccounts import COMPANY_CONN_ID, company_account
+from tests.mailcorpus import add_location, simple
+from tests.servers.smtpd import start_smtpd
+
+# Enough partners for two render batches (documents.MIN_BATCH_SIZE letters each at least)
+# of several render chunks each.
+PARTNERS = 350
+WORKERS = 2
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = Path(os.environ.get("ERPMAIL_SCREENSHOTS", services.ROOT / "var" / "screenshots"))
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _admin(sql: str) -> None:
+    conn = psycopg2.connect(TEST_DB_URL)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)  # names are generated below, never user input
+    finally:
+        conn.close()
+
+
+def _url(database: str) -> str:
+    return TEST_DB_URL.rsplit("/", 1)[0] + f"/{database}"
+
+
+class Deployment:
+    """The started services, a REST API v2 client with a token, and the ERP database."""
+
+    def __init__(self, stack: services.Services, token: str, erp_url: str, smtp, imap) -> None:
+        self.stack, self.erp_url, self.smtp, self.imap = stack, erp_url, smtp, imap
+        self.token = token
+        self.api = httpx.Client(
+            base_url=stack.site.api_url + "/api/v2",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+
+    def rows(self, sql: str, *args) -> list[tuple]:
+        with db.transaction(db.connect(self.erp_url)) as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.api.patch(f"/dags/{dag_id}", json={"is_paused": paused}).raise_for_status()
+
+    def trigger(self, dag_id: str, conf: dict) -> httpx.Response:
+        return self.api.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+
+    def runs(self, dag_id: str) -> list[dict]:
+        found = self.api.get(f"/dags/{dag_id}/dagRuns", params={"limit": 100})
+        found.raise_for_status()
+        return found.json()["dag_runs"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        found = self.api.get(
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 200}
+        )
+        found.raise_for_status()
+        return found.json()["task_instances"]
+
+    def wait(self, what: str, ready, timeout: float = 240, every: float = 2.0, state=None):
+        """Poll ``ready()`` until it returns something true; an error naming ``what`` (and
+        what ``state()`` says then)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.stack.check_running()
+            found = ready()
+            if found:
+                return found
+            time.sleep(every)
+        logs = "\n\n".join(f"== {p.name}\n{p.tail(15)}" for p in self.stack.processes)
+        seen = f"\n{state()}" if state else ""
+        raise AssertionError(f"timed out waiting for {what}{seen}\n{logs}")
+
+    def finished_run(self, dag_id: str, run_id: str, timeout: float = 240) -> dict:
+        def done():
+            run = self.api.get(f"/dags/{dag_id}/dagRuns/{run_id}").json()
+            return run if run["state"] in ("success", "failed") else None
+
+        run = self.wait(f"{dag_id} {run_id}", done, timeout)
+        if run["state"] != "success":
+            failed = [
+                (t["task_id"], t["map_index"], t["state"])
+                for t in self.task_instances(dag_id, run_id)
+                if t["state"] != "success"
+            ]
+            raise AssertionError(f"{dag_id} {run_id} {run['state']}: {failed}")
+        return run
+
+
+@pytest.fixture(scope="module")
+def deployment(tls_ca, dovecot, tmp_path_factory) -> Iterator[Deployment]:
+    if not shutil.which("redis-server"):
+        pytest.skip("the end-to-end test needs Redis (apt-get install redis-server)")
+    tag = uuid.uuid4().hex[:8]
+    meta_db, erp_db = f"erpmail_e2e_meta_{tag}", f"erpmail_e2e_erp_{tag}"
+    home = tmp_path_factory.mktemp("airflow-e2e")
+    smtp = start_smtpd(tls_ca, users={"erpmail": secrets.token_urlsafe(12)}, auth_required=True)
+    imap = dovecot.add_user()
+    login, password = smtp.credentials
+    connections = {
+        f"AIRFLOW_CONN_{COMPANY_CONN_ID.upper()}": {
+            "conn_type": "smtp",
+            "host": smtp.host,
+            "port": smtp.port,
+            "login": login,
+            "password": password,
+            "extra": {"ca_file": str(smtp.ca_file), "security": "starttls"},
+        },
+        "AIRFLOW_CONN_IMAP_E2E": {
+            "conn_type": "imap",
+            "host": imap.host,
+            "port": imap.imaps_port,
+            "login": imap.name,
+            "password": imap.password,
+            "extra": {"ca_file": str(imap.ca_file)},
+        },
+    }
+    site = services.Site(
+        home=home,
+        postgres=TEST_DB_URL,
+        databases={"airflow": meta_db, "erpmail": erp_db},
+        redis_db=9,
+        secrets={
+            "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),
+            "AIRFLOW_FERNET_KEY": "",
+        },
+        extra_env={
+            **{name: json.dumps(spec) for name, spec in connections.items()},
+            # the test's own document store instead of the compose volume
+            "ERPMAIL_ARCHIVE_URL": f"file://{home / 'archive'}",
+        },
+    )
+    spec = services.compose()
+    stack = services.Services(site, spec)
+    _admin(f"CREATE DATABASE {meta_db}")
+    _admin(f"CREATE DATABASE {erp_db}")
+    try:
+        erp_url = _url(erp_db)
+        seed.prepare(erp_url, partners=PARTNERS)
+        with db.transaction(db.connect(erp_url)) as cur:
+            company_account(cur)
+        # what airflow-init does: metadata schema, the admin's password, the pools
+        stack.run("airflow-apiserver", "db", "migrate")
+        env = site.localize(services.service_environment(spec, "airflow-apiserver"))
+        admin_password = secrets.token_urlsafe(12)
+        passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+        passwords.parent.mkdir(parents=True, exist_ok=True)
+        passwords.write_text(json.dumps({"admin": admin_password}))
+        for name, slots in services.init_pools(spec):
+            stack.run("airflow-apiserver", "pools", "set", name, str(slots), "erpmail")
+        stack.start("airflow-apiserver", "api-server")
+        stack.start("airflow-scheduler", "scheduler")
+        stack.start("airflow-dag-processor", "dag-processor")
+        stack.start("airflow-triggerer", "triggerer")
+        for n in range(1, WORKERS + 1):
+            # containers would give each worker its own host name and log-server port
+            stack.start(
+                "airflow-worker",
+                f"worker{n}",
+                "--celery-hostname",
+                f"e2e-worker{n}@%h",
+                AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(services.free_port()),
+            )
+        token = _wait_for_token(stack, admin_password)
+        deployment = Deployment(stack, token, erp_url, smtp, imap)
+        deployment.wait(
+            "the DAG processor to parse the DAG folder",
+            lambda: (
+                {d["dag_id"] for d in deployment.api.get("/dags").json().get("dags", [])}
+                >= {"dunning_run", "outbox_dispatch", "mailbox_import"}
+            ),
+            timeout=120,
+        )
+        yield deployment
+    finally:
+        stack.stop()
+        smtp.stop()
+        _admin(f"DROP DATABASE IF EXISTS {meta_db} WITH (FORCE)")
+        _admin(f"DROP DATABASE IF EXISTS {erp_db} WITH (FORCE)")
+
+
+def _wait_for_token(stack: services.Services, password: str) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        stack.check_running()
+        try:
+            reply = httpx.post(
+                stack.site.api_url + "/auth/token",
+                json={"username": "admin", "password": password},
+                timeout=10,
+            )
+            if reply.status_code == 201:
+                return reply.json()["access_token"]
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise AssertionError("the API server did not answer in 120 s")
+
+
+def test_a_route_without_a_token_is_refused(deployment):
+    reply = httpx.get(deployment.stack.site.api_url + "/api/v2/dags/dunning_run/dagRuns")
+    assert reply.status_code in (401, 403)
+
+
+def test_bad_conf_is_refused_by_the_param_schema(deployment):
+    before = len(deployment.runs("dunning_run"))
+    reply = deployment.trigger("dunning_run", {"key_date": "2026-02-30"})
+    assert reply.status_code == 400, reply.text
+    assert "key_date" in reply.text and "is not a 'date'" in reply.text
+    assert len(deployment.runs("dunning_run")) == before
+
+
+def test_dunning_run_renders_on_two_workers_and_every_letter_is_sent_once(deployment):
+    deployment.set_paused("dunning_run", False)
+    triggered = deployment.trigger("dunning_run", {})  # the form's defaults
+    assert triggered.status_code == 200, triggered.text
+    run_id = triggered.json()["dag_run_id"]
+    deployment.finished_run("dunning_run", run_id, timeout=300)
+
+    renders = [
+        t for t in deployment.task_instances("dunning_run", run_id) if t["task_id"] == "render"
+    ]
+    assert sorted(t["map_index"] for t in renders) == [0, 1]
+    assert all(t["state"] == "success" for t in renders)
+    per_batch = dict(
+        deployment.rows(
+            "SELECT l.batch, count(*) FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id"
+            " WHERE r.airflow_run_id = %s GROUP BY 1",
+            run_id,
+        )
+    )
+    assert len(per_batch) == 2 and max(per_batch.values()) > 50  # several chunks in one task
+    statuses = Counter(
+        dict(
+            deployment.rows(
+                "SELECT l.status, count(*) FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id"
+                " WHERE r.airflow_run_id = %s GROUP BY 1",
+                run_id,
+            )
+        )
+    )
+    assert statuses["failed"] == 0 and statuses["generated"] == 0, statuses
+    released = statuses["released"] + statuses["sent"]
+    assert released > 100
+
+    # the scheduler runs outbox_dispatch every minute once it is unpaused
+    deployment.set_paused("outbox_dispatch", False)
+    deployment.wait(
+        "every released letter to be sent",
+        lambda: (
+            not deployment.rows(
+                "SELECT 1 FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id"
+                " WHERE r.airflow_run_id = %s AND l.status = 'released'",
+                run_id,
+            )
+        ),
+        timeout=240,
+        every=5,
+    )
+    deployment.set_paused("outbox_dispatch", True)
+    sent = deployment.rows(
+        "SELECT o.message_id FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id"
+        " JOIN mail.outbox o ON o.id = l.outbox_id"
+        " WHERE r.airflow_run_id = %s AND l.status = 'sent'",
+        run_id,
+    )
+    assert len(sent) == released
+    arrived = Counter(
+        email.message_from_bytes(m.data)["Message-ID"] for m in deployment.smtp.messages
+    )
+    assert arrived == Counter({f"<{mid.strip('<>')}>": 1 for (mid,) in sent})
+    scheduled = [r for r in deployment.runs("outbox_dispatch") if r["run_type"] == "scheduled"]
+    assert scheduled and all(r["state"] in ("success", "running", "queued") for r in scheduled)
+
+
+def test_backfill_imports_exactly_the_missing_mail(deployment):
+    window = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
+    env = {
+        "AIRFLOW_CONN_IMAP_E2E": deployment.stack.site.extra_env["AIRFLOW_CONN_IMAP_E2E"],
+        "ERPMAIL_DB_URL": deployment.erp_url,
+        "ERPMAIL_ARCHIVE_URL": deployment.stack.site.extra_env["ERPMAIL_ARCHIVE_URL"],
+    }
+    conn = db.connect(deployment.erp_url)
+    location = add_location(conn, "e2e", "imap_e2e", after_import="none")
+    conn.close()
+    with mock.patch.dict(os.environ, env):
+        from erpmail import mailimport
+
+        with ImapHook("imap_e2e").client() as client:
+            for n in range(6):  # two in each quarter hour of the window's first 45 minutes
+                client.append("INBOX", simple(100 + n), msg_time=window + timedelta(minutes=7 * n))
+            client.append("INBOX", simple(200), msg_time=window - timedelta(hours=3))
+        mailimport.import_location(location)
+    assert deployment.rows("SELECT count(*) FROM mail.messages") == [(7,)]
+    # lose three mails of the window and one outside it, as if the database were restored
+    deployment.rows(
+        "DELETE FROM mail.messages WHERE subject IN ('Mail 101', 'Mail 102', 'Mail 105', "
+        "'Mail 200') RETURNING id"
+    )
+
+    # as in production the DAG runs on its schedule: the scheduler queues no task of a paused
+    # DAG, backfill runs included
+    deployment.set_paused("mailbox_import", False)
+    start, end = window, window + timedelta(minutes=45)
+    deployment.stack.run(
+        "airflow-scheduler",
+        "backfill",
+        "create",
+        "--dag-id",
+        "mailbox_import",
+        "--from-date",
+        start.isoformat(),
+        "--to-date",
+        (end - timedelta(minutes=1)).isoformat(),
+    )
+
+    def backfilled() -> list[dict]:
+        runs = [r for r in deployment.runs("mailbox_import") if r["run_type"] == "backfill"]
+        return runs if len(runs) == 3 and all(r["state"] == "success" for r in runs) else []
+
+    runs = deployment.wait(
+        "three backfill runs of mailbox_import",
+        backfilled,
+        timeout=240,
+        state=lambda: [(r["run_id"], r["state"]) for r in deployment.runs("mailbox_import")],
+    )
+    assert sorted(r["data_interval_start"][:19] for r in runs) == [
+        (start + timedelta(minutes=15 * n)).strftime("%Y-%m-%dT%H:%M:%S") for n in range(3)
+    ]
+    subjects = sorted(s for (s,) in deployment.rows("SELECT subject FROM mail.messages"))
+    assert subjects == [f"Mail {n}" for n in range(100, 106)]  # Mail 200 was outside
+
+
+def test_the_trigger_form_submits_with_its_defaults_in_a_browser(deployment):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("browser tests need Debian's chromium (apt-get install chromium)")
+    # paused: the run the form creates stays queued and sends nothing
+    deployment.set_paused("dunning_run", True)
+    before = {r["dag_run_id"] for r in deployment.runs("dunning_run")}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.add_cookies(
+                [
+                    {
+                        "name": "_token",
+                        "value": deployment.token,
+                        "url": deployment.stack.site.api_url,
+                    }
+                ]
+            )
+            page = context.new_page()
+            page.goto(deployment.stack.site.api_url + "/dags/dunning_run")
+            page.get_by_test_id("trigger-dag-button").first.click()
+            submit = page.get_by_test_id("trigger-dag-submit")
+            submit.wait_for(state="visible", timeout=30_000)
+            page.wait_for_timeout(1000)  # the form validates as it opens
+            unpause = page.get_by_label("Unpause dunning_run on trigger")
+            if unpause.count() and unpause.is_checked():
+                # the run stays queued: this test is about the form (a styled checkbox: its
+                # label takes the click)
+                page.get_by_text("Unpause dunning_run on trigger").click()
+                assert not unpause.is_checked()
+            page.screenshot(path=str(SCREENSHOTS / "dunning_run-trigger-form.png"), full_page=True)
+            assert submit.is_enabled(), "the trigger form cannot be submitted with its defaults"
+            submit.click()
+            created = deployment.wait(
+                "the run the form triggered",
+                lambda: [
+                    r for r in deployment.runs("dunning_run") if r["dag_run_id"] not in before
+                ],
+                timeout=30,
+                every=1,
+            )
+        finally:
+            browser.close()
+    conf = created[0]["conf"]
+    assert conf.get("company") == "DEMO" and conf.get("dry_run") is False
+    assert conf.get("partner_from") in (None, "") and conf.get("key_date") in (None, "")
