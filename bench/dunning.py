@@ -26,7 +26,8 @@ import scratch
 scratch.airflow_home()  # before anything imports airflow
 os.environ["ERPMAIL_ARCHIVE_URL"] = f"file://{tempfile.mkdtemp(prefix='erpmail-bench-archive-')}"
 
-from erpmail import accounts, db  # noqa: E402
+from erpmail.core import db  # noqa: E402
+from erpmail.outbound import accounts  # noqa: E402
 
 RUN_LETTERS = """
 SELECT id FROM erp.letters WHERE run_id = %s AND pdf_path IS NOT NULL ORDER BY id"""
@@ -90,13 +91,13 @@ def main() -> int:
         )
 
         # the baseline: the letters the run rendered, one write_pdf() each, in this process
-        from erpmail import documents, pdf, templates
-        from erpmail.dunning import DUNNING
+        from erpmail.documents import pdf, runs, templates
+        from erpmail.documents.dunning import DUNNING
 
         with db.transaction(conn) as cur:
             cur.execute(RUN_LETTERS, (run_id,))
             ids = [row[0] for row in cur.fetchall()]
-            run = documents.load_run(cur, run_id)
+            run = runs.load_run(cur, run_id)
             contexts = DUNNING.contexts(cur, run, ids)
         html = [templates.default().render_letter(contexts[i]).letter_html for i in ids]
         started = time.monotonic()

@@ -5,11 +5,11 @@ plain, HTML-alternative, attachment and latin-1 mails, some linking by keyword o
   bare      login, select, then UID FETCH BODY.PEEK[] in chunks of --chunk UIDs; nothing kept
   naive     per mail: UID FETCH BODY.PEEK[], stdlib parse, write the .eml, insert its row,
             commit, flag it seen
-  import    erpmail.mailimport.import_location: the same fetches plus parse, dedupe, .eml and
+  import    erpmail.inbound.importer.import_location: the same fetches plus parse, dedupe, .eml and
             attachments to the store, linking, rows in PostgreSQL, commit, flag as seen
 All run --rounds times, alternating; the best round of each counts. Two parts of the
 import's work are also timed alone, on the same mails in the same run, as ratios to bare:
-  parse     the stdlib parser alone (BytesParser, policy default, with erpmail.mailparse's
+  parse     the stdlib parser alone (BytesParser, policy default, with erpmail.inbound.parse's
             boundary matcher) in this process, as the import parses: no fetch, no storage
   files     one new file per mail in the store's file system, one syncfs at the end
 An import that parses every mail and stores each as its own .eml cannot beat either ratio.
@@ -101,7 +101,7 @@ def naive(url: str, location: int, folder: Path) -> float:
 
     from imapclient import SEEN
 
-    from erpmail.imap import ImapHook
+    from erpmail.inbound.imap import ImapHook
 
     folder.mkdir(parents=True)
     conn = psycopg2.connect(url)
@@ -154,7 +154,7 @@ def parse_floor(mails: list[bytes]) -> float:
     from email import policy
     from email.parser import BytesParser
 
-    import erpmail.mailparse  # noqa: F401 (its boundary matcher, as the import parses)
+    import erpmail.inbound.parse  # noqa: F401 (its boundary matcher, as the import parses)
 
     started = time.perf_counter()
     for raw in mails:
@@ -164,7 +164,7 @@ def parse_floor(mails: list[bytes]) -> float:
 
 def files_floor(mails: list[bytes], folder: Path) -> float:
     """Seconds to write each mail to its own new file under ``folder``, then one sync."""
-    from erpmail import archive
+    from erpmail.core import archive
 
     folder.mkdir(parents=True)
     started = time.perf_counter()
@@ -212,8 +212,8 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
                 "extra": {"ca_file": str(certs.ca_cert)},
             }
         )
-        from erpmail import mailimport
-        from erpmail.imap import ImapHook
+        from erpmail.inbound import importer
+        from erpmail.inbound.imap import ImapHook
 
         mails = corpus(args.mails, args.attachment_kb)
         with ImapHook("imap_bench").client() as client:
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace, tmp: Path, certs, server) -> None:
                 profiler = cProfile.Profile()
                 profiler.enable()
             started, cpu = time.perf_counter(), client_cpu()
-            summary = mailimport.import_location(location, fetch_chunk=args.chunk)
+            summary = importer.import_location(location, fetch_chunk=args.chunk)
             import_times.append(time.perf_counter() - started)
             import_cpu.append(client_cpu() - cpu)
             if profiler is not None:

@@ -2,9 +2,9 @@
 
 Same run, same letters (dunning letters in de/en/nl, 1 to 8 items, some multi-page); naive
 and batch take turns chunk by chunk in one process, so both see the same machine load:
-  naive   erpmail.pdf.render_single: one WeasyPrint document and write_pdf() per letter, its
+  naive   erpmail.documents.pdf.render_single: one WeasyPrint document and write_pdf() per letter, its
           own font configuration and stylesheet parse each time, one process
-  batch   erpmail.pdf.render_batch, one process: what ONE render task gets per worker slot
+  batch   erpmail.documents.pdf.render_batch, one process: what ONE render task gets per worker slot
           (font configuration and parsed letter.css shared by every letter of the process)
   mapped  mapped render tasks on 2 worker slots: one cold-started process per core, each
           rendering its share with render_batch (interpreter start, imports and font setup
@@ -36,9 +36,8 @@ import pypdf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 
-from erpmail import pdf  # noqa: E402
-from erpmail.seed import TEXTS  # noqa: E402
-from erpmail.templates import (  # noqa: E402
+from erpmail.documents import pdf  # noqa: E402
+from erpmail.documents.templates import (  # noqa: E402
     Company,
     LetterContext,
     LetterItem,
@@ -46,6 +45,7 @@ from erpmail.templates import (  # noqa: E402
     Partner,
     Templates,
 )
+from erpmail.seed import TEXTS  # noqa: E402
 
 NAMES = [
     "Müller Bau GmbH",

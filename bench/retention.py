@@ -3,13 +3,13 @@
 Builds 1,000,000 archived rows (INSERT ... SELECT generate_series; 1% with an attachment row,
 1% linked; a sample with real small files) in a scratch database, clones it, then deletes the
 older half twice: once with one DELETE statement on the clone (the baseline), once with
-``retention.run`` in batches (rows, cascades, pending deletions, audit, file removal).
+``purge.run`` in batches (rows, cascades, pending deletions, audit, file removal).
 
 While each runs, a "clerk" touches random old rows (an UPDATE, as linking or a legal hold
 would) and an "import" inserts new mail; their longest waits show how long locks were held.
 Target: no lock held longer than one batch; total time within 3x of the single statement.
 
-    .venv/bin/python bench/retention.py [--rows 1000000] [--batch 1000] [--files 5000]
+    .venv/bin/python bench/purge.py [--rows 1000000] [--batch 1000] [--files 5000]
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def main() -> int:
 
 def run(args: argparse.Namespace, url: str, store: Path, started: float) -> None:
     """Build the rows in the scratch database ``url``, clone it, and time both ways."""
-    from erpmail import archive, db, retention
+    from erpmail.core import archive, db
+    from erpmail.retention import purge
 
     conn = psycopg2.connect(url)
     with db.transaction(conn) as cur:
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace, url: str, store: Path, started: float) -> None
         cur.execute(INSERT_MESSAGES, {"rows": args.rows})
         cur.execute(INSERT_ATTACHMENTS)
         cur.execute(INSERT_LINKS)
-        retention.set_policy(
+        purge.set_policy(
             cur,
             location="bench",
             keep_days=KEEP_DAYS,
@@ -230,9 +231,9 @@ def run(args: argparse.Namespace, url: str, store: Path, started: float) -> None
         f"({single_rows:,} rows)\n    {pressure.summary()}"
     )
 
-    # retention.run: batches, cascades, pending deletions, audit rows, files
+    # purge.run: batches, cascades, pending deletions, audit rows, files
     def purge(conn) -> dict:
-        return retention.run(
+        return purge.run(
             conn,
             dry_run=False,
             location="bench",
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace, url: str, store: Path, started: float) -> None
     # a row the clerk held locked at that moment is skipped (SKIP LOCKED): the next run takes it
     skipped = single_rows - policy["mails"]
     print(
-        f"retention.run (batched): {batched:6.1f} s  {policy['mails'] / batched:9,.0f} rows/s  "
+        f"purge.run (batched): {batched:6.1f} s  {policy['mails'] / batched:9,.0f} rows/s  "
         f"({policy['mails']:,} rows, {left:,} left, {policy['files']['removed']:,} files "
         f"removed, {files_left:,} files left, {skipped:,} skipped while locked)\n"
         f"    {pressure.summary()}"

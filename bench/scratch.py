@@ -64,7 +64,7 @@ def scratch_database(
 def airflow_home() -> str:
     """Point Airflow at a new temp home (SQLite metadata, this repository's DAGs); call before
     anything imports airflow, which reads its configuration at import. Returns the home."""
-    from erpmail import airflow_home as settings_of
+    from erpmail.core import airflow_home as settings_of
 
     home = tempfile.mkdtemp(prefix="erpmail-bench-airflow-")
     os.environ.update(settings_of.settings(home), AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING")

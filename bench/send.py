@@ -52,7 +52,7 @@ def _pdf(size: int = 30_000) -> bytes:
 
 
 def _messages(n: int, prefix: str, pdf: bytes) -> list[tuple[str, str, bytes]]:
-    from erpmail.mime import Attachment, build_message, make_message_id
+    from erpmail.documents.mime import Attachment, build_message, make_message_id
 
     out = []
     for i in range(n):
@@ -82,7 +82,8 @@ def bare_loop(port: int, messages) -> float:
 
 def dispatcher_run(url: str, account, messages) -> tuple[float, int, float]:
     """Seconds for the dispatcher to send the queued messages, how many it sent, CPU seconds."""
-    from erpmail import db, dispatch, outbox
+    from erpmail.core import db
+    from erpmail.outbound import dispatch, outbox
 
     conn = db.connect(url)
     with db.transaction(conn) as cur:
@@ -125,8 +126,8 @@ def main() -> None:
     )
     pdf = _pdf()
     with scratch_database() as url:
-        from erpmail import db
-        from erpmail.accounts import create_account
+        from erpmail.core import db
+        from erpmail.outbound.accounts import create_account
 
         with db.transaction(db.connect(url)) as cur:
             account = create_account(

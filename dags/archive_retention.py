@@ -78,11 +78,11 @@ with DAG(
         """Refuse force without a reason before anything is touched."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from erpmail import retention
+        from erpmail.retention import purge
 
         params = get_current_context()["params"]
         try:
-            retention.check_request(force=params["force"], force_reason=params["force_reason"])
+            purge.check_request(force=params["force"], force_reason=params["force_reason"])
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
 
@@ -91,14 +91,14 @@ with DAG(
         """Sweep leftover files, then purge or report; returns the run summary."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from erpmail import retention
+        from erpmail.retention import purge
 
         context = get_current_context()
         params, dag_run = context["params"], context["dag_run"]
         run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
         try:
-            return retention.run(
-                dry_run=retention.dry_run_for(run_type, params["dry_run"]),
+            return purge.run(
+                dry_run=purge.dry_run_for(run_type, params["dry_run"]),
                 location=params["location"] or None,
                 force=params["force"],
                 force_reason=params["force_reason"],

@@ -18,7 +18,7 @@ failures; stored on `erp.runs.summary` and in the task log).
 The letter then follows its mail: `sent` or `failed` (with the server's reply) when the
 `outbox_dispatch` DAG sends it. Per run, `erp.letter_status` is the "Versandstatus".
 
-**Rules** (see `erpmail.dunning`): items overdue by more than a level's days, without dunning
+**Rules** (see `erpmail.documents.dunning`): items overdue by more than a level's days, without dunning
 block or dispute; first letter level 1, then one level up once the previous letter is older
 than the next level's days; items under the level's minimum wait; credit notes net only
 within their currency; the fee is the highest level's.

@@ -49,7 +49,8 @@ with DAG(
     @task
     def link(params: dict | None = None) -> list[int]:
         """Link the mail; returns the ids of the mails linked."""
-        from erpmail import db, linking
+        from erpmail.core import db
+        from erpmail.inbound import linking
 
         params = params or {}
         with db.transaction() as cur:

@@ -66,18 +66,19 @@ with DAG(
     @task
     def locations(params: dict | None = None) -> list[int]:
         """The location ids to import: the one asked for, or every enabled one."""
-        from erpmail import db, mailimport
+        from erpmail.core import db
+        from erpmail.inbound import importer
 
         params = params or {}
         with db.transaction() as cur:
             if params.get("location"):
-                return [mailimport.load_location(cur, int(params["location"])).id]
-            return mailimport.enabled_location_ids(cur)
+                return [importer.load_location(cur, int(params["location"])).id]
+            return importer.enabled_location_ids(cur)
 
     @task(execution_timeout=timedelta(minutes=60), max_active_tis_per_dagrun=4)
     def import_mail(location_id: int) -> dict:
         """Import one location; returns its counts (small, for XCom)."""
-        from erpmail import mailimport
+        from erpmail.inbound import importer
 
         context = get_current_context()
         params, dag_run = context["params"], context["dag_run"]
@@ -88,7 +89,7 @@ with DAG(
             since, until = pendulum.parse(params["scan_from"]), pendulum.parse(params["scan_to"])
         elif str(dag_run.run_type).lower().endswith("backfill"):
             since, until = context["data_interval_start"], context["data_interval_end"]
-        summary = mailimport.import_location(
+        summary = importer.import_location(
             location_id, since=since, until=until, run_key=dag_run.run_id
         )
         out = summary.as_dict()

@@ -74,7 +74,7 @@ with DAG(
     @task(execution_timeout=timedelta(minutes=55), pool="smtp")
     def dispatch(params: dict | None = None) -> dict:
         """Run the dispatcher once; returns the run's counts (small, for XCom)."""
-        from erpmail import dispatch as dispatcher
+        from erpmail.outbound import dispatch as dispatcher
 
         params = params or {}
         summary = dispatcher.dispatch(

@@ -4,7 +4,7 @@
 Tells each payee of one payment run what was paid: the paid documents, the deductions
 (discount, fees) and the payment per currency, as an archived PDF sent by e-mail through the
 outbox or collected into one print batch for paper. Same pipeline as `dunning_run`
-(`erpmail.documents`), document kind `erpmail.statements.PAYMENT_ADVICE`.
+(`erpmail.documents.runs`), document kind `erpmail.documents.statements.PAYMENT_ADVICE`.
 
 **Trigger**: after the ERP has executed a payment run (`erp.payment_runs.status =
 'executed'`), it triggers this DAG with the run's number, e.g. through the REST API:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
-from erpmail import airflow_home
+from erpmail.core import airflow_home
 
 ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="erpmail-airflow-")

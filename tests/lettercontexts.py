@@ -1,12 +1,12 @@
 """Dunning letter contexts loaded straight from the seeded rows, for tests of rendering, PDFs
-and MIME that need realistic letters without a dunning run (erpmail.dunning does it for real)."""
+and MIME that need realistic letters without a dunning run (erpmail.documents.dunning does it for real)."""
 
 from __future__ import annotations
 
 from datetime import date
 
-from erpmail.db import transaction
-from erpmail.templates import Company, LetterContext, LetterItem, LetterTexts, Partner
+from erpmail.core.db import transaction
+from erpmail.documents.templates import Company, LetterContext, LetterItem, LetterTexts, Partner
 
 COMPANY_SQL = """
 SELECT code, name, street, postcode, city, country, email, phone, iban

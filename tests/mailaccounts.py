@@ -8,8 +8,9 @@ import json
 import psycopg2.extensions
 import pytest
 
-from erpmail import accounts, db
-from erpmail.smtp import SmtpHook
+from erpmail.core import db
+from erpmail.outbound import accounts
+from erpmail.outbound.smtp import SmtpHook
 
 SENDER = "buchhaltung@muster-handels.example.com"  # the seeded company's accounting address
 COMPANY_CONN_ID = "smtp_company"

@@ -6,10 +6,10 @@ from collections import Counter
 
 import psycopg2.extensions
 
-from erpmail import outbox
-from erpmail.accounts import Account
-from erpmail.db import transaction
-from erpmail.mime import Attachment, build_message, make_message_id
+from erpmail.core.db import transaction
+from erpmail.documents.mime import Attachment, build_message, make_message_id
+from erpmail.outbound import outbox
+from erpmail.outbound.accounts import Account
 
 
 def make_mime(

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pendulum
 import pytest
 
-from erpmail import db
+from erpmail.core import db
 
 REMAKE_PARTNER = """
 UPDATE erp.partners SET is_customer = %(customer)s, is_supplier = %(supplier)s, email = %(email)s,

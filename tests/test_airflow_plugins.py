@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from erpmail import airflow_home
+from erpmail.core import airflow_home
 
 # A fresh interpreter: what the loader imports is what this process had not imported before.
 PROBE = """
@@ -16,7 +16,7 @@ plugins, errors = plugins_manager._get_plugins()
 new = sorted(set(sys.modules) - before)
 print(json.dumps({"plugins": [p.name for p in plugins], "errors": errors, "new": new}))
 """
-BARE_NAMES = {"smtp", "db", "pdf", "imap", "mailimport", "documents", "dispatch", "demo"}
+BARE_NAMES = {"smtp", "db", "pdf", "imap", "importer", "runs", "dispatch", "demo"}
 
 
 def test_plugin_loading_imports_no_erpmail_module_and_no_weasyprint(tmp_path):

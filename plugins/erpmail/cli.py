@@ -20,7 +20,10 @@ import psycopg2
 import psycopg2.extensions
 from email_validator import EmailNotValidError, validate_email
 
-from erpmail import accounts, db, linking, seed
+from erpmail import seed
+from erpmail.core import db
+from erpmail.inbound import linking
+from erpmail.outbound import accounts
 
 # The ids AIRFLOW_CONN_<ID> variables and the UI give: no URL, no "user:password@".
 CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
@@ -242,9 +245,9 @@ def _location_add(args: argparse.Namespace) -> int:
             cur.execute(INSERT_LOCATION, values)
             location_id = cur.fetchone()[0]
             if args.keep_days is not None:
-                from erpmail import retention  # the document store behind it imports Airflow
+                from erpmail.retention import purge  # the document store behind it imports Airflow
 
-                retention.set_policy(cur, location=name, keep_days=args.keep_days)
+                purge.set_policy(cur, location=name, keep_days=args.keep_days)
     except psycopg2.IntegrityError as exc:
         raise _refused(exc, f"import location {name!r}") from exc
     print(

@@ -28,8 +28,10 @@ from urllib.parse import urlsplit
 import pendulum
 import psycopg2
 
-from erpmail import accounts, archive, db, seed
-from erpmail.airflow_home import settings
+from erpmail import seed
+from erpmail.core import archive, db
+from erpmail.core.airflow_home import settings
+from erpmail.outbound import accounts
 
 log = logging.getLogger(__name__)
 

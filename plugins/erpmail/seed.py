@@ -414,7 +414,7 @@ def seed_payment_runs(
 def prepare(url: str, *, partners: int = 0) -> dict[str, int]:
     """Migrate the database at ``url`` and, with ``partners``, seed that many (seed 1);
     returns the seed's counts (empty without partners)."""
-    from erpmail import db
+    from erpmail.core import db
 
     conn = db.connect(url)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg2.extensions
 
-from erpmail import db
+from erpmail.core import db
 
 RUN_ROWS = "SELECT count(*) FROM erp.runs WHERE airflow_run_id = %s"
 

@@ -13,8 +13,8 @@ from email.utils import formatdate, make_msgid
 import pendulum
 import pytest
 
-from erpmail import archive
-from erpmail.imap import ImapHook
+from erpmail.core import archive
+from erpmail.inbound.imap import ImapHook
 from tests import mailcorpus
 from tests.dags import dagtest
 from tests.mailaccounts import SENDER

@@ -12,7 +12,7 @@ import pendulum
 import psycopg2.extensions
 import pytest
 
-from erpmail import archive, db
+from erpmail.core import archive, db
 from tests.dags import dagtest
 from tests.partners import open_item, remake_partner
 from tests.pdftext import pdf_text

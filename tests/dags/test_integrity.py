@@ -20,7 +20,7 @@ socket.socket.connect = refuse
 socket.create_connection = refuse
 before = set(sys.modules)
 runpy.run_path(sys.argv[1])
-heavy = ("weasyprint", "pypdf", "imapclient", "aiosmtpd", "babel", "erpmail.pdf")
+heavy = ("weasyprint", "pypdf", "imapclient", "aiosmtpd", "babel", "erpmail.documents.pdf")
 print(json.dumps(sorted(m for m in heavy if m in sys.modules and m not in before)))
 """
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from erpmail.imap import ImapHook
+from erpmail.inbound.imap import ImapHook
 from tests import mailcorpus
 from tests.mailcorpus import simple
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from erpmail.db import transaction
+from erpmail.core.db import transaction
 from tests.mailaccounts import account_on
 from tests.outboxmail import enqueue_many, outbox_statuses
 

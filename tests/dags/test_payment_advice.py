@@ -12,7 +12,7 @@ from email import policy
 import pendulum
 import pytest
 
-from erpmail import archive, db
+from erpmail.core import archive, db
 from tests.dags import dagtest
 from tests.pdftext import pdf_text
 

@@ -172,8 +172,8 @@ def test_image_installs_requirements_and_weasyprints_libraries() -> None:
 
 
 def test_env_example_connections_work_with_erpmails_hooks(monkeypatch) -> None:
-    from erpmail.imap import ImapHook
-    from erpmail.smtp import SmtpHook
+    from erpmail.inbound.imap import ImapHook
+    from erpmail.outbound.smtp import SmtpHook
 
     for key, value in env_example().items():
         if key.startswith("AIRFLOW_CONN_"):
@@ -207,7 +207,7 @@ def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) ->
 
 
 def test_dev_mailbox_certificate_is_trusted_through_its_ca(tmp_path: Path) -> None:
-    from erpmail.imap import ImapHook
+    from erpmail.inbound.imap import ImapHook
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")

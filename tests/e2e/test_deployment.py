@@ -23,8 +23,9 @@ import httpx
 import psycopg2
 import pytest
 
-from erpmail import db, seed
-from erpmail.imap import ImapHook
+from erpmail import seed
+from erpmail.core import db
+from erpmail.inbound.imap import ImapHook
 from tests.conftest import TEST_DB_URL
 from tests.e2e import services
 from tests.mailaccounts import COMPANY_CONN_ID, company_account
@@ -318,13 +319,13 @@ def test_backfill_imports_exactly_the_missing_mail(deployment):
     location = add_location(conn, "e2e", "imap_e2e", after_import="none")
     conn.close()
     with mock.patch.dict(os.environ, env):
-        from erpmail import mailimport
+        from erpmail.inbound import importer
 
         with ImapHook("imap_e2e").client() as client:
             for n in range(6):  # two in each quarter hour of the window's first 45 minutes
                 client.append("INBOX", simple(100 + n), msg_time=window + timedelta(minutes=7 * n))
             client.append("INBOX", simple(200), msg_time=window - timedelta(hours=3))
-        mailimport.import_location(location)
+        importer.import_location(location)
     assert deployment.rows("SELECT count(*) FROM mail.messages") == [(7,)]
     # lose three mails of the window and one outside it, as if the database were restored
     deployment.rows(

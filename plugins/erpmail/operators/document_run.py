@@ -1,6 +1,6 @@
 """The tasks of a document run, shared by every DAG that sends documents (dunning, balance
 confirmations, payment advice): ``start`` -> ``generate`` -> ``plan`` -> ``render`` and
-``route`` (mapped per batch) -> ``print_batch`` -> ``summary``, each over ``erpmail.documents``.
+``route`` (mapped per batch) -> ``print_batch`` -> ``summary``, each over ``erpmail.documents.runs``.
 
 The DAG file names its kind; the kind (and the template, PDF and mail code behind it) is
 looked up inside the tasks, so parsing a DAG file stays cheap. Tasks pass run and batch ids
@@ -85,7 +85,7 @@ def run_option_params() -> dict[str, Param]:
 
 
 def document_tasks(kind: str) -> None:
-    """Add the document run's tasks for ``kind`` (a name in ``erpmail.documents.KINDS``) to
+    """Add the document run's tasks for ``kind`` (a name in ``erpmail.documents.runs.KINDS``) to
     the DAG being defined; the DAG's params are the form the kind's ``prepare`` reads."""
 
     @task(retries=0)
@@ -93,12 +93,12 @@ def document_tasks(kind: str) -> None:
         """Check the form across fields and create (or resume) the run; its id."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from erpmail import documents
+        from erpmail.documents import runs
 
         context = get_current_context()
         try:
-            return documents.start_run(
-                documents.kind_named(kind), context["dag_run"].run_id, context["params"]
+            return runs.start_run(
+                runs.kind_named(kind), context["dag_run"].run_id, context["params"]
             )
         except ValueError as exc:  # a form that does not fit: retrying will not help
             raise AirflowFailException(str(exc)) from exc
@@ -106,46 +106,46 @@ def document_tasks(kind: str) -> None:
     @task
     def generate(erp_run: int) -> int:
         """Letters and their items for the run (once); how many the run has."""
-        from erpmail import documents
+        from erpmail.documents import runs
 
-        return documents.generate(erp_run, documents.kind_named(kind))
+        return runs.generate(erp_run, runs.kind_named(kind))
 
     @task
     def plan(erp_run: int, letters: int) -> list[int]:
-        """The run's batch numbers (at most documents.MAX_BATCHES)."""
-        from erpmail import documents
+        """The run's batch numbers (at most runs.MAX_BATCHES)."""
+        from erpmail.documents import runs
 
-        return documents.plan_batches(erp_run)
+        return runs.plan_batches(erp_run)
 
     @task
     def render(erp_run: int, batch: int) -> dict[str, int]:
         """Render and archive one batch of letters."""
-        from erpmail import documents
+        from erpmail.documents import runs
 
         with library_chatter_silenced():
-            return documents.render_batch(erp_run, batch, documents.kind_named(kind))
+            return runs.render_batch(erp_run, batch, runs.kind_named(kind))
 
     @task
     def route(erp_run: int, batch: int) -> dict[str, int]:
         """Queue the batch's mail or mark its letters for paper."""
-        from erpmail import documents
+        from erpmail.documents import runs
 
-        return documents.route_batch(erp_run, batch, documents.kind_named(kind))
+        return runs.route_batch(erp_run, batch, runs.kind_named(kind))
 
     @task
     def print_batch(erp_run: int) -> str | None:
         """All paper letters in one archived PDF."""
-        from erpmail import documents
+        from erpmail.documents import runs
 
         with library_chatter_silenced():
-            return documents.print_batch(erp_run, documents.kind_named(kind).document)
+            return runs.print_batch(erp_run, runs.kind_named(kind).document)
 
     @task
     def summary(erp_run: int) -> dict:
         """The run's summary, stored and logged."""
-        from erpmail import documents
+        from erpmail.documents import runs
 
-        return documents.summarize(erp_run)
+        return runs.summarize(erp_run)
 
     run = start()
     batches = plan(run, generate(run))

@@ -1,0 +1,170 @@
+"""Building outgoing messages: ``email.message.EmailMessage`` with policy SMTP.
+
+Text + HTML alternatives, inline ``cid:`` images (signatures), PDF attachments; non-ASCII
+display names, subjects and file names are encoded by the policy (RFC 2047 / RFC 2231).
+Header values with CR or LF are refused, addresses are checked with email-validator
+(syntax only), and there is no Bcc header: blind copies belong to the envelope only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+
+from email_validator import EmailNotValidError, validate_email
+
+from erpmail.documents.templates import InlineImage
+
+__all__ = [
+    "Attachment",
+    "InlineImage",
+    "MessageError",
+    "build_message",
+    "check_address",
+    "make_message_id",
+]
+
+
+class MessageError(ValueError):
+    """A message cannot be built; the text names the record, the field and the value."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file attached to a message (a letter's PDF by default)."""
+
+    filename: str
+    data: bytes
+    mime_type: str = "application/pdf"
+
+
+def _where(context: str, field: str) -> str:
+    return f"{context} field {field}" if context else f"field {field}"
+
+
+def _refuse_newlines(value: str, context: str, field: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise MessageError(f"{_where(context, field)}: line break in {value!r} refused")
+    return value
+
+
+def check_address(address: str, *, context: str = "", field: str = "email") -> str:
+    """The address normalised (IDNA domain), or ``MessageError`` naming context and field."""
+    _refuse_newlines(address, context, field)
+    try:
+        checked = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise MessageError(f"{_where(context, field)}: invalid address {address!r}: {exc}") from exc
+    # email-validator lowercases the local part; a mailbox may care, so keep it as given
+    local = address.strip().rpartition("@")[0]
+    return f"{local}@{checked.ascii_domain}"
+
+
+def _address(value: str | tuple[str, str], context: str, field: str) -> Address:
+    """``'a@b'``, ``'Name <a@b>'`` or ``('Name', 'a@b')`` as a checked header address."""
+    if isinstance(value, tuple):
+        name, addr = value
+    else:
+        _refuse_newlines(value, context, field)
+        name, addr = parseaddr(value) if "<" in value else ("", value)
+        if not addr:
+            raise MessageError(f"{_where(context, field)}: invalid address {value!r}")
+    _refuse_newlines(name or "", context, f"{field} display name")
+    local, _, domain = check_address(addr, context=context, field=field).rpartition("@")
+    return Address(display_name=name or "", username=local, domain=domain)
+
+
+def make_message_id(key: str, domain: str) -> str:
+    """A Message-ID that is the same for the same outbox key and domain: ``<hash@domain>``.
+
+    96 bits of SHA-256 keep ``Message-ID: <...>`` on one line for domains up to 39 characters
+    (longer ones fold; a parser reading it back should strip the whitespace).
+    """
+    _refuse_newlines(key, "", "key")
+    domain = check_address(f"postmaster@{domain}", field="domain").rpartition("@")[2]
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+    return f"<{digest}@{domain}>"
+
+
+def build_message(
+    *,
+    sender: str | tuple[str, str],
+    to: Sequence[str | tuple[str, str]],
+    subject: str,
+    text: str,
+    html: str | None = None,
+    attachments: Sequence[Attachment] = (),
+    message_id: str,
+    auto_submitted: str | None = "auto-generated",
+    cc: Sequence[str | tuple[str, str]] = (),
+    reply_to: str | tuple[str, str] | None = None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+    date: datetime | None = None,
+    inline_images: Sequence[InlineImage] = (),
+    context: str = "",
+) -> EmailMessage:
+    """A complete message; ``context`` (e.g. ``"partner 000123"``) names the record in errors.
+
+    Structure: mixed[ alternative[ text, related[ html, images ] ], attachments ], each
+    level present only when needed. ``inline_images`` are referenced as ``cid:<cid>``.
+    """
+    if not to:
+        raise MessageError(f"{_where(context, 'to')}: no recipient")
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = _address(sender, context, "from")
+    msg["To"] = tuple(_address(a, context, "to") for a in to)
+    if cc:
+        msg["Cc"] = tuple(_address(a, context, "cc") for a in cc)
+    if reply_to:
+        msg["Reply-To"] = _address(reply_to, context, "reply_to")
+    msg["Subject"] = _refuse_newlines(subject, context, "subject")
+    moment = date or datetime.now(UTC)
+    if moment.tzinfo is None:
+        raise MessageError(f"{_where(context, 'date')}: naive datetime {moment!r}")
+    msg["Date"] = format_datetime(moment)
+    for field, value in (("message_id", message_id), ("in_reply_to", in_reply_to or "")):
+        _refuse_newlines(value, context, field)
+        if value and not (value.startswith("<") and value.endswith(">") and "@" in value):
+            raise MessageError(f"{_where(context, field)}: {value!r} is not <id@domain>")
+    msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    if references:
+        for ref in references:
+            _refuse_newlines(ref, context, "references")
+        msg["References"] = " ".join(references)
+    if auto_submitted:
+        msg["Auto-Submitted"] = _refuse_newlines(auto_submitted, context, "auto_submitted")
+    msg["MIME-Version"] = "1.0"
+
+    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    if html is not None:
+        msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+        html_part = msg.get_payload()[-1]
+        for image in inline_images:
+            _refuse_newlines(image.cid, context, "inline image")
+            maintype, _, subtype = image.mime_type.partition("/")
+            html_part.add_related(
+                image.data,
+                maintype=maintype,
+                subtype=subtype,
+                cid=f"<{image.cid}>",
+                filename=image.filename,
+                disposition="inline",
+            )
+    elif inline_images:
+        raise MessageError(f"{_where(context, 'inline_images')}: inline images need an HTML body")
+    for attachment in attachments:
+        _refuse_newlines(attachment.filename, context, "attachment file name")
+        maintype, _, subtype = attachment.mime_type.partition("/")
+        msg.add_attachment(
+            attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
+        )
+    return msg
