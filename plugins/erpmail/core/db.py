@@ -17,6 +17,8 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from erpmail.core import locks
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -32,15 +34,6 @@ CREATE TABLE IF NOT EXISTS public.erpmail_migrations (
 )"""
 APPLIED_VERSIONS = "SELECT version FROM public.erpmail_migrations"
 RECORD_MIGRATION = "INSERT INTO public.erpmail_migrations (version, name) VALUES (%s, %s)"
-# One migrator at a time, across processes: the key is arbitrary but fixed.
-MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(7311001)"
-# Archive files are named by content, so a mail imported again after its row was purged gets
-# the file name the purge is about to remove. Writers of such files hold this lock shared for
-# the transaction that stores them and their rows; retention holds it exclusively while it
-# asks which files no row names and removes them. Either the purge sees the new row and keeps
-# the file, or the import writes the file again after the purge removed it.
-ARCHIVE_FILES_SHARED = "SELECT pg_advisory_xact_lock_shared(7311002)"
-ARCHIVE_FILES_EXCLUSIVE = "SELECT pg_advisory_xact_lock(7311002)"
 
 
 def _airflow_url() -> str | None:
@@ -147,7 +140,7 @@ def migrate(conn: psycopg2.extensions.connection | None = None) -> list[str]:
         for path in migration_files():
             version, _, name = path.stem.partition("_")
             with transaction(conn) as cur:
-                cur.execute(MIGRATION_LOCK)
+                cur.execute(locks.MIGRATION_LOCK)
                 cur.execute(APPLIED_VERSIONS)
                 if version in {row[0] for row in cur.fetchall()}:
                     continue

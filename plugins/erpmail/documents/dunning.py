@@ -40,6 +40,7 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2.extras import Json, execute_values
 
+from erpmail.core import locks
 from erpmail.documents import runs
 from erpmail.documents.runs import DocumentKind, Run, RunRequest
 from erpmail.documents.templates import LetterContext, LetterItem, LetterTexts
@@ -92,7 +93,6 @@ INSERT INTO erp.letter_items (letter_id, open_item_id, level, previous_level, ra
     days_overdue, amount, currency)
 VALUES %s ON CONFLICT DO NOTHING"""
 # Serialises generation per company: two runs at once must not both see "no previous letter".
-COMPANY_LOCK = "SELECT pg_advisory_xact_lock(hashtext('erpmail.documents.dunning:' || %s))"
 
 # Invoices by due date, then the credit notes netted against them.
 LETTER_LINES = """
@@ -307,7 +307,7 @@ def generate(cur: psycopg2.extensions.cursor, run: Run) -> int:
 
     Idempotent: a partner that already has a letter in the run is skipped.
     """
-    cur.execute(COMPANY_LOCK, (run.company,))
+    cur.execute(locks.DUNNING_COMPANY, (run.company,))
     params = run.params or {}
     proposals = select(
         cur,

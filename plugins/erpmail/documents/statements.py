@@ -36,6 +36,7 @@ import psycopg2.extensions
 from email_validator import EmailNotValidError, validate_email
 from psycopg2.extras import Json, execute_values
 
+from erpmail.core import locks
 from erpmail.documents import runs
 from erpmail.documents.runs import DocumentKind, Run, RunRequest
 from erpmail.documents.templates import Company, LetterContext, LetterItem, Partner
@@ -114,7 +115,6 @@ SELECT lpl.letter_id, pl.doc_number, coalesce(o.doc_type,
  WHERE lpl.letter_id = ANY(%s)
  ORDER BY lpl.letter_id, pl.currency, pl.gross_amount < 0, pl.doc_number, pl.id"""
 # One advice generation per company at a time: two runs must not both find a line unadvised.
-ADVICE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('erpmail.payment_advice:' || %s))"
 
 
 # --- balance confirmation -------------------------------------------------------------
@@ -474,7 +474,7 @@ def prepare_advice(cur: psycopg2.extensions.cursor, form: Mapping[str, Any]) -> 
 def generate_advice(cur: psycopg2.extensions.cursor, run: Run) -> int:
     """Write one payment advice per payee of the run's payment run (``generated``, or
     ``failed`` when its payment in a currency is not positive); how many were written."""
-    cur.execute(ADVICE_LOCK, (run.company,))
+    cur.execute(locks.PAYMENT_ADVICE_COMPANY, (run.company,))
     params = run.params or {}
     payment_run = load_payment_run(
         cur, run.company, params.get("payment_run", ""), dry_run=run.dry_run

@@ -25,13 +25,13 @@ import psycopg2.extensions
 from imapclient import DELETED, SEEN
 from psycopg2.extras import execute_values
 
-from erpmail.core import archive, db
+from erpmail.core import archive, db, locks
 from erpmail.inbound import linking, parse, tickets
 from erpmail.inbound.imap import ImapHook
 
 log = logging.getLogger(__name__)
 
-LOCK_CLASS = 7311006  # advisory lock namespace of the import; the second key is the location id
+LOCK_CLASS = locks.IMPORT_LOCATION  # the second key is the location id
 COMPANY_TZ = "Europe/Berlin"
 META_CHUNK = 500
 FETCH_CHUNK = 100
@@ -277,7 +277,7 @@ def _import_one(
         if row:
             return Stored(row[0], False, "duplicate")
     key = eml_key(location, sha, received)
-    cur.execute(db.ARCHIVE_FILES_SHARED)
+    cur.execute(locks.ARCHIVE_FILES_SHARED)
     archive.store(key, raw)
     written = [key]
     try:
@@ -605,7 +605,7 @@ def _store_chunk(
             files[key] = (mail, links, paths)
             written.extend([key, *(p for p in paths if p)])
         # creating files is slow on a busy disk and releases the GIL: several at once
-        cur.execute(db.ARCHIVE_FILES_SHARED)
+        cur.execute(locks.ARCHIVE_FILES_SHARED)
         with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store") as writer:
             for _ in writer.map(_store_files, files.items()):
                 pass

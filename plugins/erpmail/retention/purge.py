@@ -28,7 +28,7 @@ from typing import Any
 import pendulum
 import psycopg2.extensions
 
-from erpmail.core import archive, db
+from erpmail.core import archive, db, locks
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ TIMEZONE = "Europe/Berlin"
 BATCH_SIZE = 1000
 PROGRESS_EVERY_SECONDS = 5.0
 # One retention run at a time (its sweep would otherwise race the other's file removal).
-RUN_LOCK_KEY = 7311060
+RUN_LOCK_KEY = locks.RETENTION_RUN
 RUN_LOCK_WAIT = "60s"  # a killed predecessor's session may take a moment to go away
 
 SELECT_POLICIES = """
@@ -359,8 +359,8 @@ def _remove_unshared(
     what happened, and the keys that failed."""
     result = FileRemoval()
     with db.transaction(conn) as cur:
-        # no import stores a file while these are checked and removed (db.ARCHIVE_FILES_*)
-        cur.execute(db.ARCHIVE_FILES_EXCLUSIVE)
+        # no import stores a file while these are checked and removed (locks.ARCHIVE_FILES)
+        cur.execute(locks.ARCHIVE_FILES_EXCLUSIVE)
         cur.execute(UNSHARED_KEYS, {"keys": keys})
         unshared = [row[0] for row in cur.fetchall()]
         try:
