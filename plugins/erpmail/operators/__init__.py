@@ -1,1 +1,4 @@
-"""Thin Airflow adapters over the erpmail modules: task wiring shared by several DAGs."""
+"""Airflow operators, task groups and notifiers over the flows, for DAG authors to reuse:
+each adapts one reusable step (a document run, an outbox dispatch, a mailbox import, a purge).
+Imports ``core`` and the flows; DAG files import only this package.
+"""
