@@ -9,8 +9,9 @@ plain, HTML-alternative, attachment and latin-1 mails, some linking by keyword o
             attachments to the store, linking, rows in PostgreSQL, commit, flag as seen
 All run --rounds times, alternating; the best round of each counts. Two parts of the
 import's work are also timed alone, on the same mails in the same run, as ratios to bare:
-  parse     the stdlib parser alone (BytesParser, policy default, with erpmail.inbound.parse's
-            boundary matcher) in this process, as the import parses: no fetch, no storage
+  parse     the stdlib parser alone (BytesFeedParser, policy default, with
+            erpmail.inbound.boundary's matcher) in this process, as the import parses: no fetch,
+            no storage
   files     one new file per mail in the store's file system, one syncfs at the end
 An import that parses every mail and stores each as its own .eml cannot beat either ratio.
 Needs root (Dovecot) and PostgreSQL at ERPMAIL_TEST_DB_URL (default
@@ -152,13 +153,14 @@ def client_cpu() -> float:
 def parse_floor(mails: list[bytes]) -> float:
     """Seconds for the stdlib parser alone over ``mails``, in this process."""
     from email import policy
-    from email.parser import BytesParser
 
-    import erpmail.inbound.parse  # noqa: F401 (its boundary matcher, as the import parses)
+    from erpmail.inbound import boundary  # its boundary matcher, as the import parses
 
     started = time.perf_counter()
     for raw in mails:
-        BytesParser(policy=policy.default).parsebytes(raw)
+        parser = boundary.bytes_feed_parser(policy.default)
+        parser.feed(raw)
+        parser.close()
     return time.perf_counter() - started
 
 

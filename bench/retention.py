@@ -183,7 +183,7 @@ def main() -> int:
 def run(args: argparse.Namespace, url: str, store: Path, started: float) -> None:
     """Build the rows in the scratch database ``url``, clone it, and time both ways."""
     from erpmail.core import archive, db
-    from erpmail.retention import purge
+    from erpmail.retention import policies, purge
 
     conn = psycopg2.connect(url)
     with db.transaction(conn) as cur:
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace, url: str, store: Path, started: float) -> None
         cur.execute(INSERT_MESSAGES, {"rows": args.rows})
         cur.execute(INSERT_ATTACHMENTS)
         cur.execute(INSERT_LINKS)
-        purge.set_policy(
+        policies.set_policy(
             cur,
             location="bench",
             keep_days=KEEP_DAYS,
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace, url: str, store: Path, started: float) -> None
     )
 
     # purge.run: batches, cascades, pending deletions, audit rows, files
-    def purge(conn) -> dict:
+    def batched_purge(conn) -> dict:
         return purge.run(
             conn,
             dry_run=False,
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace, url: str, store: Path, started: float) -> None
             actor="bench",
         )
 
-    batched, summary, pressure = _timed(url, old_ids, purge)
+    batched, summary, pressure = _timed(url, old_ids, batched_purge)
     [policy] = summary["policies"]
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:

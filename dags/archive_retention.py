@@ -12,7 +12,7 @@ mail. `keep_days` empty or 0 keeps everything; a location without a policy keeps
   10 years) unless the run is started with **force** and a **force reason**; both are
   recorded in the audit row with the user who triggered it.
 - Rows and their `.eml`/attachment files go together, in batches of `batch_size`: each
-  batch deletes its rows and records their files in `mail.retention_pending_files` in one
+  batch deletes its rows and records their files in `mail.retention_pending_deletions` in one
   short transaction, the files are removed after commit. Every run first removes files a
   crashed run left recorded. The mailbox import running meanwhile waits at most one batch.
 
@@ -31,7 +31,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param
+
+from erpmail.operators.retention import CheckPurgeRequestOperator, PurgeArchiveOperator
 
 with DAG(
     dag_id="archive_retention",
@@ -42,6 +44,7 @@ with DAG(
     doc_md=__doc__,
     tags=["erpmail", "archive", "retention"],
     default_args={"owner": "erpmail", "retries": 1, "retry_delay": timedelta(minutes=10)},
+    render_template_as_native_obj=True,  # the params reach the operators as flags and numbers
     params={
         "dry_run": Param(
             True,
@@ -72,41 +75,18 @@ with DAG(
         ),
     },
 ):
-
-    @task(retries=0)
-    def check_request() -> None:
-        """Refuse force without a reason before anything is touched."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from erpmail.retention import purge
-
-        params = get_current_context()["params"]
-        try:
-            purge.check_request(force=params["force"], force_reason=params["force_reason"])
-        except ValueError as exc:
-            raise AirflowFailException(str(exc)) from exc
-
-    @task
-    def purge() -> dict:
-        """Sweep leftover files, then purge or report; returns the run summary."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from erpmail.retention import purge
-
-        context = get_current_context()
-        params, dag_run = context["params"], context["dag_run"]
-        run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
-        try:
-            return purge.run(
-                dry_run=purge.dry_run_for(run_type, params["dry_run"]),
-                location=params["location"] or None,
-                force=params["force"],
-                force_reason=params["force_reason"],
-                actor=dag_run.triggering_user_name or f"{run_type} run",
-                run_id=dag_run.run_id,
-                batch_size=params["batch_size"],
-            )
-        except ValueError as exc:  # a bad request (unknown location): a retry cannot help
-            raise AirflowFailException(str(exc)) from exc
-
-    check_request() >> purge()
+    check = CheckPurgeRequestOperator(
+        task_id="check_request",
+        retries=0,
+        force="{{ params.force }}",
+        force_reason="{{ params.force_reason }}",
+    )
+    purge = PurgeArchiveOperator(
+        task_id="purge",
+        dry_run="{{ params.dry_run }}",
+        location="{{ params.location }}",
+        force="{{ params.force }}",
+        force_reason="{{ params.force_reason }}",
+        batch_size="{{ params.batch_size }}",
+    )
+    check >> purge

@@ -4,15 +4,17 @@
 Asks partners to confirm their balance with us at a key date (usually the year end): one
 letter per partner, as an archived PDF with a reply form, sent by e-mail through the outbox
 or collected into one print batch for paper. Same pipeline as `dunning_run`
-(`erpmail.documents.runs`), document kind `erpmail.documents.statements.BALANCE_CONFIRMATION`.
+(`erpmail.documents.runs`), document kind
+`erpmail.documents.balance_confirmation.BALANCE_CONFIRMATION`.
 
 **Steps** `start` (checks the form, creates the run; one per Airflow run, a rerun resumes it)
 -> `generate` (letters and their open items, status `generated`) -> `plan` (fixes the
-batches) -> `render` (mapped per batch: archived PDFs) -> `route` (mapped per batch: e-mail to
-the accounting contact or the partner, queued in the outbox: `released`; else `paper` with the
-reason) -> `print_batch` -> `summary` (stored on `erp.runs.summary`, in the task log).
+batches) -> `batch`, mapped per batch: `batch.render` (archived PDFs) then `batch.route`
+(e-mail to the accounting contact or the partner, queued in the outbox: `released`; else
+`paper` with the reason) -> `print_batch` -> `summary` (stored on `erp.runs.summary`, in the
+task log).
 
-**Rules** (see `erpmail.documents.statements`): the open items at the key date of the chosen side
+**Rules** (see `erpmail.documents.balance_confirmation`): the open items at the key date of the chosen side
 (debtors = receivables, creditors = payables, both); the balance per currency, receivables
 positive, payables negative; a partner that is customer and supplier gets ONE letter with
 both sides. A partner is included when its absolute balance in some currency reaches the

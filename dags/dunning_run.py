@@ -4,16 +4,16 @@
 From overdue open items to dunning letters: one letter per partner, as an archived PDF, sent
 by e-mail through the outbox or collected into one print batch for paper.
 
-**Steps** (`erpmail.operators.document_run`, shared with `balance_confirmation` and
-`payment_advice`): `start` (checks the form, creates the run; one per Airflow run, a rerun
-resumes it)
--> `generate` (letters and their items, status `generated`) -> `plan` (fixes the batches)
--> `render` (mapped per batch: one WeasyPrint pass per chunk, split per letter, each PDF
-archived: `archived`) -> `route` (mapped per batch: e-mail to the dunning contact or the
+**Steps** (the operators of `erpmail.operators.document_run`, shared with
+`balance_confirmation` and `payment_advice`): `start` (checks the form, creates the run; one
+per Airflow run, a rerun resumes it) -> `generate` (letters and their items, status
+`generated`) -> `plan` (fixes the batches) -> `batch`, mapped per batch: `batch.render` (each
+letter's PDF, archived: `archived`) then `batch.route` (e-mail to the dunning contact or the
 partner, queued in the outbox in the same transaction: `released`; else `paper` with the
-reason `no_address`, `blocked`, `invalid_address` or `paper_only`) -> `print_batch` (all paper
-letters in one PDF, archived) -> `summary` (per status and level, totals, paper reasons,
-failures; stored on `erp.runs.summary` and in the task log).
+reason `no_address`, `blocked`, `invalid_address` or `paper_only`); a batch routes, and its
+mail can go, as soon as it is rendered -> `print_batch` (all paper letters in one PDF,
+archived) -> `summary` (per status and level, totals, paper reasons, failures; stored on
+`erp.runs.summary` and in the task log).
 
 The letter then follows its mail: `sent` or `failed` (with the server's reply) when the
 `outbox_dispatch` DAG sends it. Per run, `erp.letter_status` is the "Versandstatus".

@@ -14,7 +14,9 @@ action is written to `mail.audit_log`.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param
+
+from erpmail.operators.mailbox import LinkMailOperator
 
 with DAG(
     dag_id="link_mail",
@@ -45,17 +47,9 @@ with DAG(
         ),
     },
 ) as dag:
-
-    @task
-    def link(params: dict | None = None) -> list[int]:
-        """Link the mail; returns the ids of the mails linked."""
-        from erpmail.core import db
-        from erpmail.inbound import linking
-
-        params = params or {}
-        with db.transaction() as cur:
-            return linking.link_manually(
-                cur, params["message"], params["entity_type"], params["number"]
-            )
-
-    link()
+    LinkMailOperator(
+        task_id="link",
+        message="{{ params.message }}",
+        entity_type="{{ params.entity_type }}",
+        number="{{ params.number }}",
+    )

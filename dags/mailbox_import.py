@@ -27,8 +27,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
+
+from erpmail.operators.mailbox import ImportMailboxOperator, MailboxLocationsOperator
+
+# A rescan asked for in the form, else a backfill run's data interval, else nothing: new mail
+# above the watermark.
+SCAN_FROM = (
+    "{{ params.scan_from or (data_interval_start if dag_run.run_type == 'backfill' else None) }}"
+)
+SCAN_TO = "{{ params.scan_to or (data_interval_end if dag_run.run_type == 'backfill' else None) }}"
 
 with DAG(
     dag_id="mailbox_import",
@@ -41,6 +50,8 @@ with DAG(
     tags=["erpmail", "mail", "inbound"],
     # one retry a little later; the next scheduled run retries anyway
     default_args={"owner": "erpmail", "retries": 1, "retry_delay": timedelta(minutes=2)},
+    # the params and the interval reach the operators as they are: None stays None
+    render_template_as_native_obj=True,
     params={
         "location": Param(
             None,
@@ -62,38 +73,11 @@ with DAG(
         ),
     },
 ) as dag:
-
-    @task
-    def locations(params: dict | None = None) -> list[int]:
-        """The location ids to import: the one asked for, or every enabled one."""
-        from erpmail.core import db
-        from erpmail.inbound import importer
-
-        params = params or {}
-        with db.transaction() as cur:
-            if params.get("location"):
-                return [importer.load_location(cur, int(params["location"])).id]
-            return importer.enabled_location_ids(cur)
-
-    @task(execution_timeout=timedelta(minutes=60), max_active_tis_per_dagrun=4)
-    def import_mail(location_id: int) -> dict:
-        """Import one location; returns its counts (small, for XCom)."""
-        from erpmail.inbound import importer
-
-        context = get_current_context()
-        params, dag_run = context["params"], context["dag_run"]
-        since = until = None
-        if params.get("scan_from") or params.get("scan_to"):
-            if not (params.get("scan_from") and params.get("scan_to")):
-                raise ValueError("Params scan_from and scan_to go together")
-            since, until = pendulum.parse(params["scan_from"]), pendulum.parse(params["scan_to"])
-        elif str(dag_run.run_type).lower().endswith("backfill"):
-            since, until = context["data_interval_start"], context["data_interval_end"]
-        summary = importer.import_location(
-            location_id, since=since, until=until, run_key=dag_run.run_id
-        )
-        out = summary.as_dict()
-        out.pop("new_ids")
-        return out
-
-    import_mail.expand(location_id=locations())
+    locations = MailboxLocationsOperator(task_id="locations", location="{{ params.location }}")
+    ImportMailboxOperator.partial(
+        task_id="import_mail",
+        execution_timeout=timedelta(minutes=60),
+        max_active_tis_per_dagrun=4,
+        since=SCAN_FROM,
+        until=SCAN_TO,
+    ).expand(location=locations.output)

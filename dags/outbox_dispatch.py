@@ -31,7 +31,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param
+
+from erpmail.operators.outbox import DispatchOutboxOperator
 
 with DAG(
     dag_id="outbox_dispatch",
@@ -43,6 +45,8 @@ with DAG(
     tags=["erpmail", "mail", "outbound"],
     # no task retries: the next run, a minute later, is the retry
     default_args={"owner": "erpmail", "retries": 0},
+    # the params reach the operator as they are: None stays None, a number a number
+    render_template_as_native_obj=True,
     params={
         "account": Param(
             None,
@@ -70,24 +74,12 @@ with DAG(
         ),
     },
 ) as dag:
-
-    @task(execution_timeout=timedelta(minutes=55), pool="smtp")
-    def dispatch(params: dict | None = None) -> dict:
-        """Run the dispatcher once; returns the run's counts (small, for XCom)."""
-        from erpmail.outbound import dispatch as dispatcher
-
-        params = params or {}
-        summary = dispatcher.dispatch(
-            account=params.get("account"),
-            source_type=params.get("source_type"),
-            source_id=params.get("source_id"),
-            budget_seconds=float(params.get("budget_seconds") or 50),
-        )
-        if summary.account_errors:
-            raise RuntimeError(
-                "mail account(s) could not send, their mail stays queued: "
-                + "; ".join(f"{n}: {e}" for n, e in sorted(summary.account_errors.items()))
-            )
-        return summary.as_dict()
-
-    dispatch()
+    DispatchOutboxOperator(
+        task_id="dispatch",
+        pool="smtp",
+        execution_timeout=timedelta(minutes=55),
+        account="{{ params.account }}",
+        source_type="{{ params.source_type }}",
+        source_id="{{ params.source_id }}",
+        budget_seconds="{{ params.budget_seconds }}",
+    )

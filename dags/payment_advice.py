@@ -4,7 +4,7 @@
 Tells each payee of one payment run what was paid: the paid documents, the deductions
 (discount, fees) and the payment per currency, as an archived PDF sent by e-mail through the
 outbox or collected into one print batch for paper. Same pipeline as `dunning_run`
-(`erpmail.documents.runs`), document kind `erpmail.documents.statements.PAYMENT_ADVICE`.
+(`erpmail.documents.runs`), document kind `erpmail.documents.payment_advice.PAYMENT_ADVICE`.
 
 **Trigger**: after the ERP has executed a payment run (`erp.payment_runs.status =
 'executed'`), it triggers this DAG with the run's number, e.g. through the REST API:
@@ -14,9 +14,9 @@ previewed as a dry run; a cancelled one is refused.
 
 **Steps** `start` (checks the payment run, creates the run with the payment date as key
 date) -> `generate` (one letter per payee with its lines, `generated`; a payee whose payment
-in a currency is not positive is `failed` with the reason) -> `plan` -> `render` (mapped) ->
-`route` (mapped: e-mail to the accounting contact or the payee, else paper) -> `print_batch`
--> `summary`.
+in a currency is not positive is `failed` with the reason) -> `plan` -> `batch`, mapped per
+batch: `batch.render` then `batch.route` (e-mail to the accounting contact or the payee, else
+paper) -> `print_batch` -> `summary`.
 
 **Reruns**: clearing any task or the whole run creates no second letter and no second mail.
 A second Airflow run for the same payment run advises only lines no earlier (non-dry)

@@ -21,17 +21,20 @@ def smtp_connection(
     server,
     conn_id: str = "smtp_test",
     *,
+    login: str | None = None,
     password: str | None = None,
+    conn_type: str = "smtp",
     **extra,
 ) -> SmtpHook:
-    """Point the Airflow connection ``conn_id`` at ``server`` (trusting its CA); a hook for it."""
-    login, secret = server.credentials if server.users else (None, None)
+    """Point the Airflow connection ``conn_id`` (of ``conn_type``) at ``server``, trusting its
+    CA; a hook for it. ``login``/``password`` replace the server's credentials."""
+    user, secret = server.credentials if server.users else (None, None)
     extra.setdefault("ca_file", str(server.ca_file))
     conn = {
-        "conn_type": "smtp",
+        "conn_type": conn_type,
         "host": server.host,
         "port": server.port,
-        "login": login,
+        "login": login if login is not None else user,
         "password": password if password is not None else secret,
         "extra": extra,
     }

@@ -245,9 +245,9 @@ def _location_add(args: argparse.Namespace) -> int:
             cur.execute(INSERT_LOCATION, values)
             location_id = cur.fetchone()[0]
             if args.keep_days is not None:
-                from erpmail.retention import purge  # the document store behind it imports Airflow
+                from erpmail.retention import policies
 
-                purge.set_policy(cur, location=name, keep_days=args.keep_days)
+                policies.set_policy(cur, location=name, keep_days=args.keep_days)
     except psycopg2.IntegrityError as exc:
         raise _refused(exc, f"import location {name!r}") from exc
     print(

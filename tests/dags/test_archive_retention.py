@@ -8,9 +8,9 @@ from datetime import timedelta
 import pendulum
 import pytest
 
-from erpmail.core import archive
+from erpmail.core import archive, clock
 from erpmail.core.db import transaction
-from erpmail.retention import purge
+from erpmail.retention import policies, purge
 
 
 @pytest.fixture
@@ -29,14 +29,14 @@ def dag(airflow_db):
 @pytest.fixture
 def archived(db, store):
     """Location 'sales' keeping 30 days: one mail 31 days old, one 29 days old; their ids."""
-    today = purge.today()
+    today = clock.today()
     with transaction(db) as cur:
         cur.execute(
             "INSERT INTO mail.import_locations (name, conn_id) VALUES ('sales', 'imap_sales') "
             "RETURNING id"
         )
         loc = cur.fetchone()[0]
-        purge.set_policy(
+        policies.set_policy(
             cur, location="sales", keep_days=30, legal_min_days=0, invoice_legal_min_days=0
         )
         ids = {}
@@ -93,7 +93,7 @@ def test_manual_run_with_dry_run_off_purges(dag, db, archived):
         db, "SELECT actor, details FROM mail.audit_log WHERE action = 'retention_purge'"
     )
     assert details["mails"] == 1 and details["status"] == "done"
-    assert details["cutoff_date"] == (purge.today() - timedelta(days=30)).isoformat()
+    assert details["cutoff_date"] == (clock.today() - timedelta(days=30)).isoformat()
     assert actor == "dag_test"  # the triggering user dag.test() sets
     assert _rows(db, "SELECT count(*) FROM mail.retention_pending_deletions") == [(0,)]
 
@@ -124,7 +124,7 @@ def test_unknown_location_fails_the_run_without_retrying(dag, db, archived):
 
 def test_forced_run_records_who_and_why(dag, db, store):
     with transaction(db) as cur:
-        purge.set_policy(cur, location=None, keep_days=10)  # 6 years' legal minimum
+        policies.set_policy(cur, location=None, keep_days=10)  # 6 years' legal minimum
         body = b"Subject: sent\r\n\r\nx\r\n"
         key = archive.store("mail/sent/1.eml", body)
         cur.execute(

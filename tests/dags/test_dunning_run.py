@@ -118,6 +118,11 @@ def test_dunning_run_end_to_end_and_rerun(setup) -> None:
         conn, "SELECT id, summary FROM erp.runs WHERE airflow_run_id = %s", dr.run_id
     )
     assert dagtest.dag("outbox_dispatch").test().state == "success"
+    # one render and one route per batch, never per letter (invariant 8)
+    batches = dagtest.rows(conn, "SELECT DISTINCT batch FROM erp.letters WHERE run_id = %s", run_id)
+    for task_id in ("batch.render", "batch.route"):
+        mapped = [ti.map_index for ti in dr.get_task_instances() if ti.task_id == task_id]
+        assert sorted(mapped) == list(range(len(batches))), task_id
 
     letters = {row[1]: row for row in dagtest.rows(conn, LETTERS, run_id)}
     # the hand-built partners: letters, levels, totals, routes and items as computed by hand
@@ -215,3 +220,20 @@ def test_the_form_runs_as_it_opens_with_today_as_key_date(setup) -> None:
     assert (key_date, note) == (pendulum.today("Europe/Berlin").date(), "")
     assert (params["partner_from"], params["partner_to"]) == ("000001", "000004")
     assert summary["key_date"] == key_date.isoformat() and summary["letters"] > 0
+
+
+def test_each_batch_is_routed_after_its_own_render_and_before_the_print_batch(airflow_db) -> None:
+    from airflow.sdk.definitions.taskgroup import MappedTaskGroup
+
+    dag = dagtest.dag("dunning_run")
+    assert sorted(dag.task_ids) == sorted(
+        ["start", "generate", "plan", "batch.render", "batch.route", "print_batch", "summary"]
+    )
+    assert isinstance(dag.task_group_dict["batch"], MappedTaskGroup)
+    # in the mapped group route[i] waits for render[i] only, not for the other batches (and
+    # for start and plan, whose run id and batch number it reads)
+    assert dag.get_task("batch.route").upstream_task_ids == {"batch.render", "start", "plan"}
+    assert dag.get_task("batch.render").upstream_task_ids == {"start", "plan"}
+    assert dag.get_task("print_batch").upstream_task_ids == {"batch.route", "start"}
+    assert dag.get_task("plan").upstream_task_ids == {"start", "generate"}
+    assert dag.get_task("summary").upstream_task_ids == {"start", "print_batch"}

@@ -6,7 +6,7 @@ import pytest
 
 from erpmail.core.db import transaction
 from tests.mailaccounts import account_on
-from tests.outboxmail import enqueue_many, outbox_statuses
+from tests.outboxmail import enqueue_many, make_mime, outbox_statuses
 
 
 @pytest.fixture
@@ -24,6 +24,9 @@ def test_schedule_and_limits(dag):
     assert "under 60 seconds" in dag.doc_md
     assert set(dag.params) == {"account", "source_type", "source_id", "budget_seconds"}
     assert [t.task_id for t in dag.tasks] == ["dispatch"]
+    (task,) = dag.tasks
+    assert type(task).__name__ == "DispatchOutboxOperator" and task.pool == "smtp"
+    assert set(task.template_fields) == set(dag.params)
 
 
 def test_run_sends_one_accounts_mail(dag, db, monkeypatch, smtp_server):
@@ -53,3 +56,30 @@ def test_bad_param_is_refused(dag):
 
     with pytest.raises(ParamValidationError):
         dag.test(run_conf={"source_type": "invoice"})
+
+
+def test_run_sends_one_source_now_with_the_counts_in_xcom(dag, db, monkeypatch, smtp_server):
+    from erpmail.outbound import outbox
+
+    account = account_on(db, monkeypatch, smtp_server, name="ar")
+    enqueue_many(db, account, 2, prefix="other")
+    with transaction(db) as cur:
+        cur.execute("UPDATE mail.outbox SET next_attempt_at = now() + interval '1 hour'")
+        letter = outbox.enqueue(
+            cur,
+            key="letter-7",
+            account_id=account.id,
+            recipients=["p7@customer.example"],
+            mime=make_mime("letter-7", ["p7@customer.example"]),
+            source_type="letter",
+            source_id=7,
+        )
+        cur.execute("UPDATE mail.outbox SET next_attempt_at = now() + interval '1 hour'")
+    dr = dag.test(run_conf={"source_type": "letter", "source_id": 7, "budget_seconds": 20})
+    assert dr.state == "success"
+    with transaction(db) as cur:
+        cur.execute("SELECT id FROM mail.outbox WHERE status = 'sent'")
+        assert cur.fetchall() == [(letter,)]
+    (ti,) = dr.get_task_instances()
+    counts = ti.xcom_pull(task_ids="dispatch")
+    assert (counts["due"], counts["sent"], counts["account_errors"]) == (1, 1, {})

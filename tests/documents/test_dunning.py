@@ -12,7 +12,7 @@ from erpmail import seed
 from erpmail.core import db
 from erpmail.documents import dunning, runs
 from erpmail.documents.dunning import DUNNING, Item, Level, Previous, item_level
-from erpmail.documents.runs import choose_route, route_for
+from erpmail.documents.routing import route_for
 from tests.partners import open_item
 
 KEY = date(2026, 3, 2)
@@ -265,18 +265,6 @@ def test_routes_no_email_blocked_contact(db, book) -> None:
         assert route_for(cur, DUNNING, ids["000001"]).address == "p000001@example.com"
         cur.execute("UPDATE erp.dunning_levels SET send_email = false WHERE level = 1")
         assert route_for(cur, DUNNING, ids["000001"]).paper_reason == "paper_only"
-
-
-def test_choose_route_refuses_invalid_address() -> None:
-    route = choose_route(sends_email=True, partner_email="not an address", email_blocked=False)
-    assert route == runs.Route("not an address", "invalid_address")
-    route = choose_route(
-        sends_email=True,
-        partner_email="a@b.example.com",
-        email_blocked=True,
-        contact_email="c@d.example.com",
-    )
-    assert route.paper_reason == "blocked"
 
 
 def test_company_without_levels_is_a_clear_error(db) -> None:

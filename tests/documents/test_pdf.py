@@ -310,6 +310,6 @@ def test_progress_is_logged(seeded_db, monkeypatch, caplog):
     results = pdf.render_many(sources(load_contexts(seeded_db, limit=3)))
     assert all(r.ok for r in results)
     messages = [r.getMessage() for r in caplog.records if r.name == "erpmail.documents.pdf"]
-    assert any(m.startswith("rendered 1/3 letters") for m in messages)
-    assert any(m.startswith("rendered 2/3 letters") for m in messages)
+    assert any(m.startswith("rendered: 1/3 letters") for m in messages)
+    assert any(m.startswith("rendered: 2/3 letters") for m in messages)
     assert messages[-1].startswith("rendered 3 letters (0 failed)")

@@ -178,11 +178,11 @@ def test_env_example_connections_work_with_erpmails_hooks(monkeypatch) -> None:
     for key, value in env_example().items():
         if key.startswith("AIRFLOW_CONN_"):
             monkeypatch.setenv(key, value)
-    conn, security, _ = SmtpHook("smtp_mailpit").settings()
-    assert (conn.host, conn.port, security) == ("mailpit", 1025, "none")
+    smtp = SmtpHook("smtp_mailpit").settings()
+    assert (smtp.host, smtp.port, smtp.security) == ("mailpit", 1025, "none")
     imap = ImapHook("imap_devbox").settings()
-    assert (imap["host"], imap["port"], imap["security"]) == ("dovecot", 31993, "ssl")
-    assert imap["ca_file"] == "/opt/erpmail/tls/ca.crt"
+    assert (imap.host, imap.port, imap.security) == ("dovecot", 31993, "tls")
+    assert imap.ca_file == "/opt/erpmail/tls/ca.crt"
 
 
 def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) -> None:
@@ -207,7 +207,7 @@ def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) ->
 
 
 def test_dev_mailbox_certificate_is_trusted_through_its_ca(tmp_path: Path) -> None:
-    from erpmail.inbound.imap import ImapHook
+    from erpmail.core.transport import tls_context
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
@@ -217,7 +217,7 @@ def test_dev_mailbox_certificate_is_trusted_through_its_ca(tmp_path: Path) -> No
     assert set(made) == {"ca.crt", "tls.crt", "tls.key"}  # the CA's key is not kept
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
-    client = ImapHook().ssl_context(str(tmp_path / "ca.crt"))
+    client = tls_context(str(tmp_path / "ca.crt"))
     _handshake(server, client, "dovecot")
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(server, client, "mailpit")

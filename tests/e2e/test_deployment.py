@@ -153,7 +153,7 @@ def deployment(tls_ca, dovecot, tmp_path_factory) -> Iterator[Deployment]:
         home=home,
         postgres=TEST_DB_URL,
         databases={"airflow": meta_db, "erpmail": erp_db},
-        redis_db=9,
+        redis_db=1 + int(tag, 16) % 15,
         secrets={
             "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
             "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),
@@ -163,6 +163,8 @@ def deployment(tls_ca, dovecot, tmp_path_factory) -> Iterator[Deployment]:
             **{name: json.dumps(spec) for name, spec in connections.items()},
             # the test's own document store instead of the compose volume
             "ERPMAIL_ARCHIVE_URL": f"file://{home / 'archive'}",
+            # a Celery queue of this run's own: no other run's workers take its tasks
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": f"erpmail-e2e-{tag}",
         },
     )
     spec = services.compose()
@@ -253,7 +255,9 @@ def test_dunning_run_renders_on_two_workers_and_every_letter_is_sent_once(deploy
     deployment.finished_run("dunning_run", run_id, timeout=300)
 
     renders = [
-        t for t in deployment.task_instances("dunning_run", run_id) if t["task_id"] == "render"
+        t
+        for t in deployment.task_instances("dunning_run", run_id)
+        if t["task_id"] == "batch.render"
     ]
     assert sorted(t["map_index"] for t in renders) == [0, 1]
     assert all(t["state"] == "success" for t in renders)
@@ -357,7 +361,7 @@ def test_backfill_imports_exactly_the_missing_mail(deployment):
         "three backfill runs of mailbox_import",
         backfilled,
         timeout=240,
-        state=lambda: [(r["run_id"], r["state"]) for r in deployment.runs("mailbox_import")],
+        state=lambda: [(r["dag_run_id"], r["state"]) for r in deployment.runs("mailbox_import")],
     )
     assert sorted(r["data_interval_start"][:19] for r in runs) == [
         (start + timedelta(minutes=15 * n)).strftime("%Y-%m-%dT%H:%M:%S") for n in range(3)

@@ -240,7 +240,7 @@ def test_progress_and_summary_are_logged(db, monkeypatch, smtp_server, caplog):
     with caplog.at_level("INFO", logger="erpmail.outbound.dispatch"):
         dispatcher.dispatch(progress_every=0.0)
     text = caplog.text
-    assert "dispatch: 3/3 done (3 sent, 0 deferred, 0 failed)" in text
+    assert "dispatch: 3/3 messages (100%)" in text and "; 3 sent, 0 deferred, 0 failed" in text
     assert "dispatch summary: 3 sent, 0 deferred for retry, 0 failed of 3 due" in text
 
 

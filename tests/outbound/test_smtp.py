@@ -1,20 +1,13 @@
-"""SmtpHook against aiosmtpd: verified STARTTLS and implicit TLS, refusals, replies, drops."""
+"""SmtpHook against aiosmtpd: verified STARTTLS and implicit TLS, refusals, replies, drops;
+the hook as a context manager and on the Connections page."""
 
 from __future__ import annotations
 
-import re
-import smtplib
+import json
 
 import pytest
 
-from erpmail.outbound.smtp import (
-    SmtpAccountError,
-    SmtpDropped,
-    SmtpHook,
-    classify,
-    envelope_address,
-    stuff_dots,
-)
+from erpmail.outbound.smtp import SmtpAccountError, SmtpDropped, SmtpError, SmtpHook, classify
 from tests.mailaccounts import smtp_connection
 from tests.outboxmail import make_mime
 
@@ -39,6 +32,21 @@ def test_starttls_send_keeps_bcc_out_of_the_headers(monkeypatch, smtp_server):
     assert b"audit@demo.example" not in got.data and b"\nBcc" not in got.data
 
 
+def test_session_in_a_with_block_quits_on_exit(monkeypatch, smtp_server):
+    hook = smtp_connection(monkeypatch, smtp_server)
+    with hook.session() as session:
+        delivery = session.send("ar@demo.example", ["k@c.example"], make_mime("w", ["k@c.example"]))
+        assert session.alive
+    assert delivery.outcome == "sent" and not session.alive
+    with SmtpHook("smtp_test", account="Buchhaltung") as session:
+        session.send("ar@demo.example", ["k@c.example"], make_mime("h", ["k@c.example"]))
+    assert not session.alive
+    assert [m.data for m in smtp_server.messages] == [
+        make_mime("w", ["k@c.example"]),
+        make_mime("h", ["k@c.example"]),
+    ]
+
+
 def test_session_is_reused_for_many_messages(monkeypatch, smtp_server):
     hook = smtp_connection(monkeypatch, smtp_server)
     session = hook.session()
@@ -60,43 +68,6 @@ def test_leading_dots_are_stuffed(monkeypatch, smtp_server):
     finally:
         session.close()
     assert smtp_server.messages[0].data == mime + b"\r\n"
-
-
-@pytest.mark.parametrize(
-    "mime",
-    [
-        b"",
-        b".",
-        b"..\r\n.",
-        b"no dot at a line start. a.b.c\r\n",
-        b"a\r\n.b\r\nc\n.d\r.e",  # a bare CR starts no line for the server either
-        b"." + b"x." * 100 + b"\r\n.end",  # more dots than stuff_dots hops over
-        b"x." * 100 + b"\r\nno dot after",
-    ],
-)
-def test_stuff_dots_matches_smtplib(mime):
-    assert stuff_dots(mime) == re.sub(rb"(?m)^\.", b"..", mime)
-
-
-@pytest.mark.parametrize(
-    "address",
-    [
-        "ar@demo.example",
-        "kunde.7+x_y-z@sub.customer-1.example",
-        "o'brien!#$%&*/=?^`{|}~@x.example",
-        "a..b@x.example",  # not a dot-atom: smtplib's parser decides
-        ".a@x.example",
-        "a@x..example",
-        "a@[192.0.2.1]",
-        '"quoted local"@x.example',
-        "a(comment)@x.example",
-        "a@x.example.",
-        "müller@x.example",
-        "",
-    ],
-)
-def test_envelope_address_matches_smtplib(address):
-    assert envelope_address(address) == smtplib.quoteaddr(address)
 
 
 def test_implicit_tls(monkeypatch, smtps_server):
@@ -149,6 +120,17 @@ def test_failed_login_names_account_never_password(monkeypatch, smtp_server):
     with pytest.raises(SmtpAccountError, match="login as 'erpmail' refused: 535") as e:
         hook.session()
     assert "Buchhaltung" in str(e.value) and "Geheim-1234" not in str(e.value)
+
+
+def test_login_equal_to_the_password_is_not_shown_either(monkeypatch, smtp_server):
+    hook = smtp_connection(monkeypatch, smtp_server, login="Geheim-1234", password="Geheim-1234")
+    with pytest.raises(SmtpAccountError, match=r"login as '\*\*\*' refused: 535") as e:
+        hook.session()
+    assert "Geheim-1234" not in str(e.value)
+
+
+def test_errors_share_one_base():
+    assert issubclass(SmtpAccountError, SmtpError) and issubclass(SmtpDropped, SmtpError)
 
 
 def test_unknown_connection_is_an_account_error():
@@ -227,3 +209,80 @@ def test_classify():
         "failed",
         "deferred",
     ]
+
+
+@pytest.mark.parametrize("conn_type", ["smtp", "erpmail_smtp"])
+def test_settings_read_the_extras_of_either_connection_type(monkeypatch, smtp_server, conn_type):
+    hook = smtp_connection(monkeypatch, smtp_server, conn_type=conn_type, timeout=7)
+    s = hook.settings()
+    assert (s.host, s.port, s.security) == (smtp_server.host, smtp_server.port, "starttls")
+    assert (s.ca_file, s.timeout) == (str(smtp_server.ca_file), 7.0)
+
+
+@pytest.mark.parametrize(
+    ("port", "extra", "expected"),
+    [
+        (465, {}, ("tls", 465)),
+        (587, {}, ("starttls", 587)),
+        (2525, {}, ("starttls", 2525)),
+        (None, {}, ("starttls", 587)),
+        (None, {"security": "TLS"}, ("tls", 465)),
+        (465, {"security": "ssl"}, ("tls", 465)),  # the word other mail software uses
+        (25, {"security": "none"}, ("none", 25)),
+    ],
+)
+def test_security_by_extra_or_port(monkeypatch, port, extra, expected):
+    conn = {"conn_type": "smtp", "host": "smtp.example.com", "port": port, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_PORTS", json.dumps(conn))
+    s = SmtpHook("smtp_ports").settings()
+    assert (s.security, s.port) == expected
+
+
+def test_test_connection_logs_in_and_sends_nothing(monkeypatch, smtp_server):
+    hook = smtp_connection(monkeypatch, smtp_server, conn_type="erpmail_smtp")
+    ok, message = hook.test_connection()
+    assert ok, message
+    assert message == (
+        f"{smtp_server.host}:{smtp_server.port} over starttls, logged in as 'erpmail': "
+        "ready to send"
+    )
+    assert smtp_server.messages == []
+
+
+def test_the_connections_page_finds_the_hook_by_its_type(monkeypatch, smtp_server):
+    from airflow.models.connection import Connection
+
+    smtp_connection(monkeypatch, smtp_server, "smtp_page", conn_type="erpmail_smtp")
+    ok, message = Connection.get_connection_from_secrets("smtp_page").test_connection()
+    assert ok and "over starttls" in message, message
+
+
+@pytest.mark.parametrize(
+    ("fixture", "password", "expected"),
+    [
+        ("smtp_server", "Geheim-1234", "login as 'erpmail' refused: 535"),
+        ("smtp_server_selfsigned", None, "certificate not trusted"),
+        ("smtp_server_no_starttls", None, "does not offer STARTTLS"),
+    ],
+)
+def test_test_connection_says_why_never_the_password(
+    monkeypatch, request, fixture, password, expected
+):
+    server = request.getfixturevalue(fixture)
+    hook = smtp_connection(monkeypatch, server, password=password, conn_type="erpmail_smtp")
+    ok, message = hook.test_connection()
+    assert not ok and expected in message, message
+    secret = password or (server.credentials[1] if server.users else None)
+    assert secret is None or secret not in message
+
+
+def test_test_connection_of_an_unknown_connection():
+    ok, message = SmtpHook("no_such_conn_xyz").test_connection()
+    assert not ok and "no_such_conn_xyz" in message
+
+
+def test_form_fields_of_the_connection_type():
+    assert SmtpHook.conn_type == "erpmail_smtp" and SmtpHook.conn_name_attr == "smtp_conn_id"
+    behaviour = SmtpHook.get_ui_field_behaviour()
+    assert behaviour["hidden_fields"] == ["schema"]
+    assert behaviour["placeholders"]["security"] == "starttls/tls/none"

@@ -24,6 +24,7 @@ from weasyprint import CSS, HTML, Document
 from weasyprint.text.fonts import FontConfiguration
 from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
 
+from erpmail.core.progress import Progress
 from erpmail.documents.templates import TEMPLATES_DIR
 
 log = logging.getLogger(__name__)
@@ -90,25 +91,6 @@ class TemplateFetcher(URLFetcher):
             )
         mime_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return URLFetcherResponse(path.as_uri(), path.read_bytes(), {"Content-Type": mime_type})
-
-
-class Progress:
-    """Logs done/total, rate and time left at most every ``PROGRESS_SECONDS``."""
-
-    def __init__(self, what: str, total: int):
-        self.what, self.total = what, total
-        self.started = self.last = time.monotonic()
-
-    def step(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < PROGRESS_SECONDS:
-            return
-        self.last = now
-        rate = done / (now - self.started) if now > self.started else 0.0
-        left = (self.total - done) / rate if rate else 0.0
-        log.info(
-            "%s %d/%d letters, %.1f letters/s, %.0f s left", self.what, done, self.total, rate, left
-        )
 
 
 def base_url(root: Path = TEMPLATES_DIR) -> str:
@@ -194,7 +176,7 @@ def render_batch(
     pdf_variant_checked(pdf_variant)
     fetcher = TemplateFetcher(root)
     rendered_at = datetime.now(UTC).isoformat(timespec="seconds")
-    progress = Progress("rendered", len(letters))
+    progress = Progress("rendered", len(letters), unit="letters", log=log, every=PROGRESS_SECONDS)
     results = []
     for done, letter in enumerate(letters, start=1):
         try:
@@ -206,7 +188,7 @@ def render_batch(
             results.append(_failure(letter, exc))
         else:
             results.append(LetterPdf(letter.key, data, pages=len(document.pages)))
-        progress.step(done)
+        progress.update(done)
     return results
 
 

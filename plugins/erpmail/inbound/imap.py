@@ -1,10 +1,12 @@
-"""IMAP as an Airflow hook on imapclient: verified TLS always, STARTTLS never skipped.
+"""IMAP as an Airflow hook on imapclient (connection type ``erpmail_imap``; connections of
+type ``imap`` work the same): verified TLS always, STARTTLS never skipped.
 
-The connection (type ``imap``) gives host, port, login and password; its extras may set
-``security`` (``"ssl"``: implicit TLS, the default, port 993; ``"starttls"``: port 143, the
-default when the port is 143), ``ca_file`` (a PEM bundle to trust instead of the system
-store) and ``timeout`` in seconds. There is no plaintext mode: credentials never go out in
-the clear. Errors name the connection and the server, never the password.
+The connection gives host, port, login and password; its extras, read by
+:mod:`erpmail.core.transport`, may set ``security`` (``"tls"``: implicit TLS, the default,
+port 993; ``"starttls"``: port 143, the default when the port is 143; ``"ssl"`` is read as
+``"tls"``), ``ca_file`` (a PEM bundle to trust instead of the system store) and ``timeout``
+in seconds (default 60). There is no plaintext mode: credentials never go out in the clear.
+Every error is an :class:`ImapError` naming the connection and the server, never the password.
 """
 
 from __future__ import annotations
@@ -18,60 +20,79 @@ import imapclient
 from airflow.sdk import BaseHook
 from imapclient.exceptions import IMAPClientError, LoginError
 
-SECURITY_MODES = ("ssl", "starttls")
+from erpmail.core.transport import (
+    IMAP,
+    TransportSettings,
+    read_settings,
+    tls_context,
+    ui_field_behaviour,
+)
+
 # OpenSSL's verify codes for a certificate that signs itself (alone or as a chain's root).
 _SELF_SIGNED_CODES = {18, 19}
 
 
-class ImapSecurityError(Exception):
+class ImapError(Exception):
+    """Anything the IMAP transport raises."""
+
+
+class ImapSecurityError(ImapError):
     """The server could not be reached over verified TLS; nothing was sent in the clear."""
 
 
-class ImapLoginError(Exception):
+class ImapLoginError(ImapError):
     """The server refused the login (the message never contains the password)."""
 
 
 class ImapHook(BaseHook):
-    """IMAP over verified TLS for one Airflow connection."""
+    """IMAP over verified TLS for one Airflow connection.
+
+    ``with hook.client() as c:`` (or ``with ImapHook(conn_id) as c``) gives a logged-in
+    ``imapclient.IMAPClient``, logged out on exit.
+
+    :param imap_conn_id: the Airflow connection (type ``erpmail_imap`` or ``imap``): host,
+        port, login, password; extras ``security``, ``ca_file``, ``timeout``.
+    """
 
     conn_name_attr = "imap_conn_id"
     default_conn_name = "imap_default"
-    conn_type = "imap"
+    conn_type = "erpmail_imap"
     hook_name = "erpmail IMAP"
 
     def __init__(self, imap_conn_id: str = default_conn_name) -> None:
         super().__init__()
         self.imap_conn_id = imap_conn_id
+        self._open: Any = None
 
-    def settings(self) -> dict[str, Any]:
-        """Host, port, security, CA file and timeout as they will be used (no credentials)."""
-        conn = self.get_connection(self.imap_conn_id)
-        extra = conn.extra_dejson or {}
-        port = int(conn.port) if conn.port else None
-        security = str(extra.get("security") or ("starttls" if port == 143 else "ssl")).lower()
-        if security not in SECURITY_MODES:
-            raise ImapSecurityError(
-                f"IMAP connection {self.imap_conn_id!r}: extra 'security' is {security!r}; "
-                f"use one of {', '.join(SECURITY_MODES)} (plaintext IMAP is not supported)"
-            )
-        if not conn.host:
-            raise ImapSecurityError(f"IMAP connection {self.imap_conn_id!r} has no host")
-        return {
-            "host": conn.host,
-            "port": port or (993 if security == "ssl" else 143),
-            "security": security,
-            "ca_file": extra.get("ca_file") or None,
-            "timeout": float(extra.get("timeout") or 60),
-        }
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden fields and placeholders of the Connections form."""
+        return {k.replace("-", "_"): v for k, v in ui_field_behaviour(IMAP).items()}
 
-    def ssl_context(self, ca_file: str | None) -> ssl.SSLContext:
-        """A verifying context: hostname checked, the system store or ``ca_file`` trusted."""
+    def __enter__(self) -> imapclient.IMAPClient:
+        self._open = self.client()
+        return self._open.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        opened, self._open = self._open, None
+        if opened is not None:
+            opened.__exit__(*exc)
+
+    def _connection(self):
         try:
-            return ssl.create_default_context(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ImapSecurityError(
-                f"IMAP connection {self.imap_conn_id!r}: cannot load CA file {ca_file!r}: {exc}"
-            ) from None
+            return self.get_connection(self.imap_conn_id)
+        except Exception as exc:  # an unknown conn id raises Airflow's own exception types
+            raise ImapError(f"IMAP connection {self.imap_conn_id!r}: {exc}") from exc
+
+    def _settings(self, conn) -> TransportSettings:
+        try:
+            return read_settings(conn, IMAP)
+        except ValueError as exc:
+            raise ImapSecurityError(f"IMAP connection {self.imap_conn_id!r}: {exc}") from None
+
+    def settings(self) -> TransportSettings:
+        """Host, port, security, CA file and timeout as they will be used (no credentials)."""
+        return self._settings(self._connection())
 
     def _refusal(self, where: str, exc: BaseException) -> ImapSecurityError:
         code = getattr(exc, "verify_code", None)
@@ -87,19 +108,22 @@ class ImapHook(BaseHook):
 
     def get_conn(self) -> imapclient.IMAPClient:
         """A logged-in client over verified TLS; the caller logs out (prefer :meth:`client`)."""
-        s = self.settings()
-        conn = self.get_connection(self.imap_conn_id)
-        where = f"server {s['host']}:{s['port']}"
-        context = self.ssl_context(s["ca_file"])
+        conn = self._connection()
+        s = self._settings(conn)
+        where = f"server {s.host}:{s.port}"
         try:
-            if s["security"] == "ssl":
+            context = tls_context(s.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ImapSecurityError(
+                f"IMAP connection {self.imap_conn_id!r}: cannot load CA file {s.ca_file!r}: {exc}"
+            ) from None
+        try:
+            if s.security == "tls":
                 client = imapclient.IMAPClient(
-                    s["host"], port=s["port"], ssl=True, ssl_context=context, timeout=s["timeout"]
+                    s.host, port=s.port, ssl=True, ssl_context=context, timeout=s.timeout
                 )
             else:
-                client = imapclient.IMAPClient(
-                    s["host"], port=s["port"], ssl=False, timeout=s["timeout"]
-                )
+                client = imapclient.IMAPClient(s.host, port=s.port, ssl=False, timeout=s.timeout)
                 if b"STARTTLS" not in client.capabilities():
                     client.shutdown()
                     raise ImapSecurityError(
@@ -135,6 +159,23 @@ class ImapHook(BaseHook):
                 client.logout()
             except Exception:  # the session may be gone already; nothing to clean up
                 client.shutdown()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """For the Connections page: connect, secure, log in and NOOP; (ok, what happened).
+
+        The message never contains the password."""
+        try:
+            conn = self._connection()
+            s = self._settings(conn)
+        except ImapError as exc:
+            return False, str(exc)
+        try:
+            with self.client() as client:
+                client.noop()
+        except Exception as exc:  # the page shows any failure as text
+            message = str(exc) if isinstance(exc, ImapError) else f"{type(exc).__name__}: {exc}"
+            return False, message.replace(conn.password, "***") if conn.password else message
+        return True, f"{s.host}:{s.port} over {s.security}, logged in as {conn.login!r}"
 
 
 def _server_text(exc: BaseException) -> str:

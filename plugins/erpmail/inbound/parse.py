@@ -7,6 +7,8 @@ input: a mail that cannot be parsed comes back with ``malformed`` set and its de
 
 Memory: the source is fed to the parser in small chunks, and a base64 attachment is decoded
 in slices straight to its sink, so a large mail costs about two copies of its size, not five.
+Speed: header objects cached and plain headers read past the header parser (``headers``),
+multipart boundaries matched without a regular expression each (``boundary``).
 """
 
 from __future__ import annotations
@@ -21,18 +23,18 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import feedparser, policy
+from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesFeedParser
 from email.utils import parsedate_to_datetime
 from typing import BinaryIO
 
+from erpmail.inbound import boundary, headers
+from erpmail.inbound.headers import MAX_HEADER_CHARS
+
 FEED_CHUNK = 64 * 1024
 DECODE_CHUNK = 1024 * 1024
 MAX_DEPTH = 100  # MIME nesting beyond this is kept in the raw .eml only
-MAX_HEADER_CHARS = 64 * 1024  # a longer header is not run through the header parser
-SHARED_HEADER_CHARS = 300  # header objects of values up to this long are shared across mails
-SHARED_HEADER_ENTRIES = 4096
 MAX_SUBJECT_CHARS = 2000
 MAX_BODY_CHARS = 1_000_000  # the full body stays in the .eml; the row holds a searchable part
 MAX_FILENAME_CHARS = 120
@@ -60,109 +62,8 @@ _UNSAFE_NAME = re.compile(r'[<>:"|?*]')
 _DOTS = re.compile(r"\.{2,}")
 _PATHLIKE = re.compile(r"[/\\]|\.\.|[\x00-\x1f\x7f]")
 _ENCODED_WORD = re.compile(r"=\?([^?*\s]{1,60})(?:\*[^?]*)?\?[bBqQ]\?")
-# Shapes for which policy.default's header parser provably returns the text as it stands and
-# no defect (checked against the parser in tests/test_mailparse.py); everything else, and all
-# the odd mail, takes the full parser. The full parser costs 70-300 us per header.
-_LINESEP = re.compile(r"\r|\n")
-_PLAIN_TEXT = re.compile(r"[ -~]*")  # printable ASCII; "=?" (encoded words) checked apart
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
-_PLAIN_MSGID = re.compile(rf"<{_DOT_ATOM}@{_DOT_ATOM}>")
-_PLAIN_MAILBOX = re.compile(
-    rf" ?(?:(?P<name>{_ATEXT}(?: {_ATEXT})*) <(?P<angle>{_DOT_ATOM}@{_DOT_ATOM})>"
-    rf"|(?P<bare>{_DOT_ATOM}@{_DOT_ATOM}))"
-)
 # Header names policy.default parses as unstructured text.
 _UNSTRUCTURED = frozenset(("subject", *AUTOMATION_HEADERS))
-
-
-class _Policy(policy.EmailPolicy):
-    """``policy.default``, with each header parsed once instead of on every read.
-
-    The stdlib builds a new header object on each access (``get_content_type()`` alone reads
-    Content-Type several times per part). Header objects are immutable and depend only on
-    the name and the raw value, so they are cached: short values (Content-Type, To, From,
-    MIME-Version: the same few strings in mail after mail) for the whole process, bounded;
-    longer ones for the one parse.
-    """
-
-    cache: dict | None = None
-
-    def header_fetch_parse(self, name, value):
-        if hasattr(value, "name") or self.cache is None or len(value) > MAX_HEADER_CHARS:
-            return super().header_fetch_parse(name, value)
-        key = (name, value)
-        shared = len(value) <= SHARED_HEADER_CHARS
-        found = (_SHARED_HEADERS if shared else self.cache).get(key)
-        if found is None:
-            found = super().header_fetch_parse(name, value)
-            if shared:
-                if len(_SHARED_HEADERS) >= SHARED_HEADER_ENTRIES:
-                    _SHARED_HEADERS.clear()  # crude but bounded; refills with the common ones
-                _SHARED_HEADERS[key] = found
-            else:
-                self.cache[key] = found
-        return found
-
-
-# (name, raw value) -> header object, for every parse in this process
-_SHARED_HEADERS: dict[tuple[str, str], object] = {}
-
-
-def _policy() -> _Policy:
-    # one cache per parsed mail for the long values: it lives as long as the message object
-    return _Policy(cache={})
-
-
-# email.feedparser compiles a regular expression for every multipart boundary it meets:
-# '(?P<sep>' + re.escape(separator) + _BOUNDARY_TAIL. Boundaries are unique per mail, so
-# re's cache never hits, and the compile cost about half of parsing a small multipart mail.
-# The parser only calls ``match`` on the result and reads the groups "end" and "linesep":
-# the separator as a prefix, then one precompiled tail, is the same test without compiling.
-_BOUNDARY_HEAD = "(?P<sep>"
-_BOUNDARY_TAIL = ")(?P<end>--)?(?P<ws>[ \\t]*)(?P<linesep>\\r\\n|\\r|\\n)?$"
-_BOUNDARY_REST = re.compile(_BOUNDARY_TAIL[1:])
-_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
-
-
-class _BoundaryLine:
-    """What ``re.compile`` of the feedparser's boundary pattern gives, as far as it is used."""
-
-    __slots__ = ("separator", "length")
-
-    def __init__(self, separator: str) -> None:
-        self.separator, self.length = separator, len(separator)
-
-    def match(self, line: str) -> re.Match | None:
-        if not line.startswith(self.separator):
-            return None
-        return _BOUNDARY_REST.match(line, self.length)
-
-
-class _FeedparserRe:
-    """``re`` as email.feedparser sees it: the same module, but boundary lines uncompiled.
-    Any other pattern, or one whose separator does not read back exactly, is compiled."""
-
-    def __getattr__(self, name: str):
-        return getattr(re, name)
-
-    @staticmethod
-    def compile(pattern, flags=0):
-        if (
-            flags == 0
-            and isinstance(pattern, str)
-            and pattern.startswith(_BOUNDARY_HEAD)
-            and pattern.endswith(_BOUNDARY_TAIL)
-        ):
-            escaped = pattern[len(_BOUNDARY_HEAD) : -len(_BOUNDARY_TAIL)]
-            separator = _UNESCAPE.sub(r"\1", escaped)
-            if re.escape(separator) == escaped:
-                return _BoundaryLine(separator)
-        return re.compile(pattern, flags)
-
-
-if feedparser.re is re:
-    feedparser.re = _FeedparserRe()
 
 
 @dataclass
@@ -295,7 +196,7 @@ def message_id_from_header_block(block: bytes) -> str | None:
 def parse(source: bytes | BinaryIO) -> ParsedMail:
     """Parse a raw mail (bytes or a binary stream, read in chunks); never raises on bad mail."""
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-    parser = BytesFeedParser(policy=_policy())
+    parser = boundary.bytes_feed_parser(headers.caching_policy())
     seen = 0
     try:
         nul = False
@@ -400,9 +301,9 @@ def _header_str(msg: Message, name: str, defects: list[str]) -> str | None:
         return None
     if len(raw) >= MAX_HEADER_CHARS:
         return raw
-    plain = _plain_value(raw)
+    plain = headers.plain_value(raw)
     if plain is not None and (
-        name in _UNSTRUCTURED or (name == "message-id" and _PLAIN_MSGID.fullmatch(plain))
+        name in _UNSTRUCTURED or (name == "message-id" and headers.PLAIN_MSGID.fullmatch(plain))
     ):
         return plain
     try:
@@ -433,7 +334,7 @@ def _address_objects(msg: Message, name: str, defects: list[str]) -> list[tuple[
     raw = _raw_header(msg, name)
     if raw is None or len(raw) >= MAX_HEADER_CHARS:
         return []
-    plain = _plain_addresses(raw)
+    plain = headers.plain_addresses(raw)
     if plain is not None:
         return plain
     try:
@@ -448,35 +349,13 @@ def _address_objects(msg: Message, name: str, defects: list[str]) -> list[tuple[
         return [(n, a) for n, a in getaddresses([raw]) if a]
 
 
-def _plain_value(raw: str) -> str | None:
-    """The unfolded value when it is printable ASCII without encoded words, else None."""
-    value = _LINESEP.sub("", raw)
-    if "=?" in value or not _PLAIN_TEXT.fullmatch(value):
-        return None
-    return value
-
-
-def _plain_addresses(raw: str) -> list[tuple[str, str]] | None:
-    """``(display name, address)`` for a list of plain mailboxes (atoms, dot-atoms), else None."""
-    value = _plain_value(raw)
-    if value is None:
-        return None
-    found = []
-    for item in value.split(","):
-        match = _PLAIN_MAILBOX.fullmatch(item)
-        if match is None:
-            return None
-        found.append((match["name"] or "", match["angle"] or match["bare"]))
-    return found
-
-
 def _date(msg: Message, defects: list[str]) -> datetime | None:
     raw = _raw_header(msg, "date")
     if raw is None:
         return None
     try:
         # exactly what DateHeader does with the unfolded value, without its parse tree
-        value = parsedate_to_datetime(_LINESEP.sub("", raw)) if raw.strip() else None
+        value = parsedate_to_datetime(headers.unfold(raw)) if raw.strip() else None
     except Exception:
         defects.append("InvalidDateDefect")
         return None

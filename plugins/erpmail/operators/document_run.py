@@ -1,26 +1,31 @@
-"""The tasks of a document run, shared by every DAG that sends documents (dunning, balance
-confirmations, payment advice): ``start`` -> ``generate`` -> ``plan`` -> ``render`` and
-``route`` (mapped per batch) -> ``print_batch`` -> ``summary``, each over ``erpmail.documents.runs``.
+"""Operators for the steps of a document run (dunning, balance confirmations, payment advice,
+and any kind added to ``erpmail.documents.runs.KINDS``), and ``document_tasks``, which wires
+them into a DAG:
 
-The DAG file names its kind; the kind (and the template, PDF and mail code behind it) is
-looked up inside the tasks, so parsing a DAG file stays cheap. Tasks pass run and batch ids
-only, and the mapped tasks grow with the number of batches, never with the letters. The
-form fields every document run reads the same way (company, partner range, dry run, note)
-are defined here too, next to the task that reads them.
+``start`` -> ``generate`` -> ``plan`` -> ``batch`` (a task group mapped per batch: ``render``
+then ``route``) -> ``print_batch`` -> ``summary``.
+
+Each batch routes (and the dispatcher can send its mail) as soon as it is rendered, without
+waiting for the other batches. The kind is a name, looked up inside ``execute``, so parsing a
+DAG file stays cheap. Steps pass run and batch ids only, and the mapped tasks grow with the
+number of batches, never with the letters. The form fields every document run reads the same
+way (company, partner range, dry run, note) are defined here too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
-from airflow.sdk import Param, get_current_context, task
+from airflow.sdk import BaseOperator, Param, task_group
 
 PARTNER_NUMBER = "^[0-9A-Za-z_-]{0,20}$"
 # Libraries that log every rendering step at INFO (WeasyPrint: ~6 lines per letter); in a
 # task log they bury erpmail's progress. Their warnings and errors still show.
 CHATTY_LIBRARIES = ("weasyprint", "fontTools", "PIL", "pydyf", "pypdf")
+UI_COLOR = "#e8f0fb"
 
 
 @contextmanager
@@ -84,71 +89,193 @@ def run_option_params() -> dict[str, Param]:
     }
 
 
-def document_tasks(kind: str) -> None:
-    """Add the document run's tasks for ``kind`` (a name in ``erpmail.documents.runs.KINDS``) to
-    the DAG being defined; the DAG's params are the form the kind's ``prepare`` reads."""
+class StartDocumentRunOperator(BaseOperator):
+    """Check the run's form and create the document run (an ``erp.runs`` row, one per Airflow
+    run; a rerun or a cleared task finds the same one). Returns the run's id, which the other
+    steps take as ``erp_run``.
 
-    @task(retries=0)
-    def start() -> int:
-        """Check the form across fields and create (or resume) the run; its id."""
+    The form is the DAG run's params: ``company``, ``dry_run`` and ``note`` as every form has
+    them, the rest read by the kind. A form that does not fit (e.g. partner from after to)
+    fails the task without a retry and writes nothing.
+
+    :param kind: the document kind, a name in ``erpmail.documents.runs.KINDS``, e.g.
+        ``"dunning"`` (templated)
+    """
+
+    template_fields: Sequence[str] = ("kind",)
+    ui_color = UI_COLOR
+
+    def __init__(self, *, kind: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind = kind
+
+    def execute(self, context: Any) -> int:
         from airflow.sdk.exceptions import AirflowFailException
 
         from erpmail.documents import runs
 
-        context = get_current_context()
         try:
             return runs.start_run(
-                runs.kind_named(kind), context["dag_run"].run_id, context["params"]
+                runs.kind_named(self.kind), context["dag_run"].run_id, context["params"]
             )
         except ValueError as exc:  # a form that does not fit: retrying will not help
             raise AirflowFailException(str(exc)) from exc
 
-    @task
-    def generate(erp_run: int) -> int:
-        """Letters and their items for the run (once); how many the run has."""
+
+class GenerateLettersOperator(BaseOperator):
+    """Write the run's letters and their items (status ``generated``), once: a rerun writes
+    nothing. Returns how many letters the run has.
+
+    :param kind: the document kind, as given to ``StartDocumentRunOperator`` (templated)
+    :param erp_run: the run's id, e.g. ``start.output`` (templated)
+    """
+
+    template_fields: Sequence[str] = ("kind", "erp_run")
+    ui_color = UI_COLOR
+
+    def __init__(self, *, kind: str, erp_run: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind, self.erp_run = kind, erp_run
+
+    def execute(self, context: Any) -> int:
         from erpmail.documents import runs
 
-        return runs.generate(erp_run, runs.kind_named(kind))
+        return runs.generate(int(self.erp_run), runs.kind_named(self.kind))
 
-    @task
-    def plan(erp_run: int, letters: int) -> list[int]:
-        """The run's batch numbers (at most runs.MAX_BATCHES)."""
+
+class PlanBatchesOperator(BaseOperator):
+    """Split the run's letters into batches, once (contiguous by partner number, at most
+    ``erpmail.documents.runs.MAX_BATCHES``). Returns the batch numbers: what the per-batch
+    steps are mapped over.
+
+    :param erp_run: the run's id (templated)
+    :param letters: how many letters the run has, e.g. ``generate.output``; None: counted
+        (templated)
+    """
+
+    template_fields: Sequence[str] = ("erp_run", "letters")
+    ui_color = UI_COLOR
+
+    def __init__(self, *, erp_run: Any, letters: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.erp_run, self.letters = erp_run, letters
+
+    def execute(self, context: Any) -> list[int]:
         from erpmail.documents import runs
 
-        return runs.plan_batches(erp_run)
+        letters = None if self.letters is None else int(self.letters)
+        return runs.plan_batches(int(self.erp_run), letters)
 
-    @task
-    def render(erp_run: int, batch: int) -> dict[str, int]:
-        """Render and archive one batch of letters."""
-        from erpmail.documents import runs
+
+class RenderBatchOperator(BaseOperator):
+    """Render one batch: each ``generated`` letter as a PDF, archived (``archived``; a dry
+    run's under ``review/``, ``rendered``), or ``failed`` alone with its reason. Returns the
+    counts by status.
+
+    :param kind: the document kind (templated)
+    :param erp_run: the run's id (templated)
+    :param batch: the batch number, one of ``plan.output`` (templated)
+    """
+
+    template_fields: Sequence[str] = ("kind", "erp_run", "batch")
+    ui_color = UI_COLOR
+
+    def __init__(self, *, kind: str, erp_run: Any, batch: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind, self.erp_run, self.batch = kind, erp_run, batch
+
+    def execute(self, context: Any) -> dict[str, int]:
+        from erpmail.documents import rendering, runs
 
         with library_chatter_silenced():
-            return runs.render_batch(erp_run, batch, runs.kind_named(kind))
+            return rendering.render_batch(
+                int(self.erp_run), int(self.batch), runs.kind_named(self.kind)
+            )
 
-    @task
-    def route(erp_run: int, batch: int) -> dict[str, int]:
-        """Queue the batch's mail or mark its letters for paper."""
-        from erpmail.documents import runs
 
-        return runs.route_batch(erp_run, batch, runs.kind_named(kind))
+class RouteBatchOperator(BaseOperator):
+    """Route one rendered batch: each ``archived`` letter to the outbox with its PDF
+    (``released``, queued in the same transaction; the outbox key is derived from run and
+    letter, so a rerun queues nothing twice), or to ``paper`` with the reason. A dry run
+    routes nothing. Returns the counts by route.
 
-    @task
-    def print_batch(erp_run: int) -> str | None:
-        """All paper letters in one archived PDF."""
-        from erpmail.documents import runs
+    :param kind: the document kind (templated)
+    :param erp_run: the run's id (templated)
+    :param batch: the batch number (templated)
+    """
+
+    template_fields: Sequence[str] = ("kind", "erp_run", "batch")
+    ui_color = UI_COLOR
+
+    def __init__(self, *, kind: str, erp_run: Any, batch: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind, self.erp_run, self.batch = kind, erp_run, batch
+
+    def execute(self, context: Any) -> dict[str, int]:
+        from erpmail.documents import routing, runs
+
+        return routing.route_batch(int(self.erp_run), int(self.batch), runs.kind_named(self.kind))
+
+
+class PrintBatchOperator(BaseOperator):
+    """Merge the run's paper letters (a dry run: every rendered letter, for review) into one
+    archived PDF by partner number. Returns its archive key, None when there are none.
+
+    :param kind: the document kind (templated)
+    :param erp_run: the run's id (templated)
+    """
+
+    template_fields: Sequence[str] = ("kind", "erp_run")
+    ui_color = UI_COLOR
+
+    def __init__(self, *, kind: str, erp_run: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind, self.erp_run = kind, erp_run
+
+    def execute(self, context: Any) -> str | None:
+        from erpmail.documents import runs, summary
 
         with library_chatter_silenced():
-            return runs.print_batch(erp_run, runs.kind_named(kind).document)
+            return summary.print_batch(int(self.erp_run), runs.kind_named(self.kind).document)
 
-    @task
-    def summary(erp_run: int) -> dict:
-        """The run's summary, stored and logged."""
-        from erpmail.documents import runs
 
-        return runs.summarize(erp_run)
+class SummarizeRunOperator(BaseOperator):
+    """Close the run with its summary (letters per status and level, totals, paper reasons,
+    failures, the print batch): stored on ``erp.runs.summary``, logged as a text a clerk reads
+    in the company's language, and returned.
 
-    run = start()
-    batches = plan(run, generate(run))
-    rendered = render.partial(erp_run=run).expand(batch=batches)
-    routed = route.partial(erp_run=run).expand(batch=batches)
-    rendered >> routed >> print_batch(run) >> summary(run)
+    :param erp_run: the run's id (templated)
+    """
+
+    template_fields: Sequence[str] = ("erp_run",)
+    ui_color = UI_COLOR
+
+    def __init__(self, *, erp_run: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.erp_run = erp_run
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from erpmail.documents import summary
+
+        return summary.summarize(int(self.erp_run))
+
+
+def document_tasks(kind: str) -> tuple[BaseOperator, BaseOperator]:
+    """Add a whole document run of ``kind`` to the DAG being defined: ``start``, ``generate``,
+    ``plan``, the task group ``batch`` mapped per batch (``batch.render`` then
+    ``batch.route``), ``print_batch`` after every batch, ``summary`` last. The DAG's params
+    are the form. Returns the first and the last task, to wire more around them."""
+    start = StartDocumentRunOperator(task_id="start", kind=kind, retries=0)
+    generate = GenerateLettersOperator(task_id="generate", kind=kind, erp_run=start.output)
+    plan = PlanBatchesOperator(task_id="plan", erp_run=start.output, letters=generate.output)
+
+    @task_group(group_id="batch")
+    def batch(erp_run: Any, batch: Any) -> None:
+        """One batch: rendered, then routed, without waiting for the other batches."""
+        render = RenderBatchOperator(task_id="render", kind=kind, erp_run=erp_run, batch=batch)
+        render >> RouteBatchOperator(task_id="route", kind=kind, erp_run=erp_run, batch=batch)
+
+    batches = batch.partial(erp_run=start.output).expand(batch=plan.output)
+    summary = SummarizeRunOperator(task_id="summary", erp_run=start.output)
+    batches >> PrintBatchOperator(task_id="print_batch", kind=kind, erp_run=start.output) >> summary
+    return start, summary

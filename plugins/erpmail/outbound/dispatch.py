@@ -4,8 +4,8 @@ One SMTP session per account, reused across batches, reopened after a drop or af
 ``reconnect_after`` messages. Each account's throttle lives in the database (see
 :func:`erpmail.outbound.accounts.take_slots`), so concurrent dispatchers share it. The run stops
 claiming when its time budget is used up; unsent claimed messages go back to the queue.
-After the server accepted a message, a copy goes to the account's Sent folder over IMAP;
-a failure there is retried by later runs and never resends the mail.
+After the server accepted a message, a copy goes to the account's Sent folder over IMAP
+(:mod:`erpmail.outbound.sentfolder`); a failure there is retried and never resends the mail.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from erpmail.core import db
+from erpmail.core.progress import Progress
 from erpmail.outbound import outbox
 from erpmail.outbound.accounts import Account, account_by_name, list_accounts, warn_if_fast
 from erpmail.outbound.outbox import OutboxMessage, RetryPolicy
+from erpmail.outbound.sentfolder import file_pending_copies
 from erpmail.outbound.smtp import SmtpAccountError, SmtpDropped, SmtpHook, SmtpSession
 
 log = logging.getLogger(__name__)
@@ -34,20 +36,6 @@ WHERE status = 'queued' AND (next_attempt_at <= clock_timestamp() OR %(ignore_du
   AND (%(account_id)s::bigint IS NULL OR account_id = %(account_id)s)
   AND (%(source_type)s::text IS NULL OR source_type = %(source_type)s)
   AND (%(source_id)s::bigint IS NULL OR source_id = %(source_id)s)"""
-# Row locks held while appending, so two dispatchers never file the same copy twice.
-PENDING_COPIES = """
-SELECT id, mime, sent_copy_attempts FROM mail.outbox
-WHERE account_id = %s AND sent_copy = 'pending'
-ORDER BY id LIMIT %s
-FOR UPDATE SKIP LOCKED"""
-COPY_DONE = "UPDATE mail.outbox SET sent_copy = 'done', sent_copy_error = NULL WHERE id = ANY(%s)"
-COPY_FAILED = """
-UPDATE mail.outbox
-SET sent_copy_attempts = sent_copy_attempts + 1, sent_copy_error = %s,
-    sent_copy = CASE WHEN sent_copy_attempts + 1 >= %s THEN 'failed' ELSE 'pending' END
-WHERE id = ANY(%s)"""
-
-MAX_COPY_ATTEMPTS = 10
 
 
 def worker_name() -> str:
@@ -101,37 +89,6 @@ class Summary:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
-
-
-class _Progress:
-    """Logs counts, rate and time left every ``every`` seconds."""
-
-    def __init__(self, summary: Summary, every: float) -> None:
-        self.summary, self.every = summary, every
-        self.start = self.last = time.monotonic()
-
-    def tick(self, waiting: list[str] | None = None, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.every:
-            return
-        self.last = now
-        s = self.summary
-        elapsed = max(now - self.start, 1e-9)
-        rate = s.done / elapsed
-        left = max(s.due - s.done, 0)
-        eta = f"~{left / rate:.0f} s left" if rate and left else "-"
-        wait = f"; waiting for throttle: {', '.join(waiting)}" if waiting else ""
-        log.info(
-            "dispatch: %d/%d done (%d sent, %d deferred, %d failed), %.1f/s, %s%s",
-            s.done,
-            s.due,
-            s.sent,
-            s.deferred,
-            s.failed,
-            rate,
-            eta,
-            wait,
-        )
 
 
 class _Recorder:
@@ -301,7 +258,7 @@ def dispatch(
     summary = Summary()
     start = time.monotonic()
     deadline = start + budget_seconds
-    progress = _Progress(summary, progress_every)
+    progress = Progress("dispatch", 0, unit="messages", log=log, every=progress_every)
     ignore_due = source_type is not None or source_id is not None
     conn = db.connect(url)
     sessions = _Sessions(reconnect_after)
@@ -327,7 +284,7 @@ def dispatch(
                     "source_id": source_id,
                 },
             )
-            summary.due = cur.fetchone()[0]
+            summary.due = progress.total = cur.fetchone()[0]
         by_id = {a.id: a for a in accounts}
         for a in accounts:
             if a.send_interval_seconds > 0:
@@ -341,7 +298,7 @@ def dispatch(
             account_id, at = min(ready.items(), key=lambda kv: kv[1])
             if at > now:
                 waiting = [by_id[i].name for i, t in ready.items() if t > now]
-                progress.tick(waiting)
+                _log_progress(progress, summary, waiting)
                 if at >= deadline:
                     break
                 time.sleep(min(at - now, deadline - now, progress_every))
@@ -368,17 +325,19 @@ def dispatch(
             if not ok:
                 del ready[account_id]
                 summary.released += claimer.discard(account_id)
-            progress.tick()
+            _log_progress(progress, summary)
         summary.released += claimer.discard()
         recorder.flush()
-        _file_sent_copies(conn, [by_id[i] for i in by_id], deadline, summary)
+        done, failed = file_pending_copies(conn, list(by_id.values()), deadline)
+        summary.copies_done += done
+        summary.copies_failed += failed
     finally:
         sessions.close()
         summary.released += claimer.close()
         recorder.close()
         conn.close()
     summary.seconds = time.monotonic() - start
-    progress.tick(force=True)
+    _log_progress(progress, summary, force=True)
     log.info("dispatch summary: %s", summary.text())
     return summary
 
@@ -454,6 +413,15 @@ def _send_batch(
             recorder.flush()
 
 
+def _log_progress(
+    progress: Progress, summary: Summary, waiting: list[str] | None = None, force: bool = False
+) -> None:
+    detail = f"{summary.sent} sent, {summary.deferred} deferred, {summary.failed} failed"
+    if waiting:
+        detail += f"; waiting for throttle: {', '.join(waiting)}"
+    progress.update(summary.done, force=force, detail=detail)
+
+
 def _count(summary: Summary, status: str, uncertain: bool) -> None:
     if status == "sent":
         summary.sent += 1
@@ -462,55 +430,3 @@ def _count(summary: Summary, status: str, uncertain: bool) -> None:
     else:
         summary.failed += 1
     summary.uncertain += int(uncertain)
-
-
-def _file_sent_copies(conn, accounts: list[Account], deadline: float, summary: Summary) -> None:
-    """Append pending Sent-folder copies for accounts that keep one; failures are retried."""
-    for account in accounts:
-        if account.sent_folder is None:
-            continue
-        while time.monotonic() < deadline:
-            done, failed = file_sent_copies(conn, account)
-            summary.copies_done += done
-            summary.copies_failed += failed
-            if not done or failed:
-                break
-
-
-def file_sent_copies(conn, account: Account, limit: int = 100) -> tuple[int, int]:
-    """Append up to ``limit`` pending copies to the account's Sent folder over IMAP.
-
-    Returns (filed, failed); a failure is logged and left for a later run (``failed``
-    after MAX_COPY_ATTEMPTS). The mail itself is never sent again.
-    """
-    with db.transaction(conn) as cur:
-        cur.execute(PENDING_COPIES, (account.id, limit))
-        rows = cur.fetchall()
-        if not rows:
-            return 0, 0
-        done: list[int] = []
-        try:
-            from erpmail.inbound.imap import (
-                ImapHook,  # imported here: only Sent-folder copies need IMAP
-            )
-
-            with ImapHook(account.sent_folder_conn_id).client() as client:
-                if not client.folder_exists(account.sent_folder):
-                    client.create_folder(account.sent_folder)
-                for outbox_id, mime, _attempts in rows:
-                    client.append(account.sent_folder, bytes(mime), flags=(b"\\Seen",))
-                    done.append(outbox_id)
-        except Exception as e:  # any IMAP or import failure: retried by a later run
-            error = f"{type(e).__name__}: {e}"
-            log.error(
-                "account %r: Sent-folder copy to %r failed, will retry: %s",
-                account.name,
-                account.sent_folder,
-                error,
-            )
-            failed = [r[0] for r in rows if r[0] not in set(done)]
-            cur.execute(COPY_DONE, (done,))
-            cur.execute(COPY_FAILED, (error[:500], MAX_COPY_ATTEMPTS, failed))
-            return len(done), len(failed)
-        cur.execute(COPY_DONE, (done,))
-        return len(done), 0

@@ -11,12 +11,12 @@ those still pending.
 from __future__ import annotations
 
 import logging
-import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy as email_policy
 from email.parser import BytesHeaderParser
 
+from erpmail.core.copyread import bytes_by_id
 from erpmail.outbound.accounts import ADVANCE_NEXT_SEND, Account, Slots, take_slots
 from erpmail.outbound.smtp import Delivery
 
@@ -58,14 +58,9 @@ RETURNING o.id, o.key, o.message_id, o.envelope_from,
     o.attempts, o.sent_uncertain, o.created_at, o.claimed_by,
     EXISTS (SELECT 1 FROM mail.outbox_recipients r
             WHERE r.outbox_id = o.id AND r.status = 'accepted')"""
-# The claimed messages' bytes in COPY's binary format: bytea crosses as it is stored, where a
-# query result (text protocol) carries it hex-encoded at twice the size for the client to
-# decode again (0.13 ms of client CPU per 42 KB message, more than sending it costs).
-CLAIMED_MIME = """
-COPY (SELECT id, mime FROM mail.outbox WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT binary)"""
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_COPY_HEADER = struct.Struct("!11sII")  # signature, flags, length of the header extension
-_COPY_ROW = struct.Struct("!hiqi")  # 2 fields, 8, the bigint id, the bytea's length
+# The claimed messages' bytes, read apart from the claim by a binary COPY (core.copyread):
+# bytea crosses as it is stored, not hex-encoded at twice the size.
+CLAIMED_MIME = "SELECT id, mime FROM mail.outbox WHERE id = ANY(%s::bigint[])"
 # Back to the queue untouched: the account could not connect, or the run's time is up.
 RELEASE = """
 UPDATE mail.outbox
@@ -267,7 +262,8 @@ def claim(
                     },
                 )
                 rows = cur.fetchall()
-                mime = _claimed_mime(cur, [r[0] for r in rows])
+                ids = [r[0] for r in rows]
+                mime = bytes_by_id(cur, CLAIMED_MIME, (ids,)) if ids else {}
                 messages = sorted(
                     (
                         OutboxMessage(r[0], r[1], r[2], r[3], list(r[4]), mime[r[0]], *r[5:])
@@ -284,35 +280,6 @@ def claim(
             conn.rollback()
             raise
     return Claim(messages, slots)
-
-
-class _CopyOut(list):
-    """A file for ``copy_expert``: keeps the chunks COPY writes, as they came."""
-
-    def write(self, data: bytes) -> None:
-        self.append(data)
-
-
-def _claimed_mime(cur, ids: list[int]) -> dict[int, bytes]:
-    """The MIME bytes of messages by id, read with :data:`CLAIMED_MIME`."""
-    if not ids:
-        return {}
-    out = _CopyOut()
-    cur.copy_expert(cur.mogrify(CLAIMED_MIME, (ids,)).decode(), out)
-    data = b"".join(out)
-    signature, _flags, extension = _COPY_HEADER.unpack_from(data)
-    if signature != _COPY_SIGNATURE:
-        raise ValueError("COPY of outbox MIME: not PostgreSQL's binary format")
-    mime: dict[int, bytes] = {}
-    at = _COPY_HEADER.size + extension
-    while data[at : at + 2] != b"\xff\xff":  # the trailer: -1 fields
-        fields, id_size, outbox_id, size = _COPY_ROW.unpack_from(data, at)
-        if fields != 2 or id_size != 8 or size < 0:
-            raise ValueError(f"COPY of outbox MIME: unexpected row at byte {at}")
-        at += _COPY_ROW.size
-        mime[outbox_id] = data[at : at + size]
-        at += size
-    return mime
 
 
 def release(conn, ids: list[int], reason: str, *, worker: str | None = None) -> int:

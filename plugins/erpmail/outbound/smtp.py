@@ -1,12 +1,14 @@
-"""The SMTP transport on smtplib, as an Airflow hook on our own terms.
+"""The SMTP transport on smtplib, as an Airflow hook (connection type ``erpmail_smtp``;
+connections of type ``smtp`` work the same).
 
-Security comes from the connection: extras ``{"security": "starttls" | "tls" | "none"}``;
-without it port 465 means implicit TLS and every other port STARTTLS, which is then
-required (a server that does not offer it is refused, never a plaintext send). Plain SMTP
-only when the extras say ``"none"``. Certificates are verified against the system store or
-the extras' ``"ca_file"``. ``"timeout"`` (seconds, default 30) bounds the connect and every
-reply. Account-level failures raise :class:`SmtpAccountError`, whose text names the account
-and never the password.
+Security comes from the connection's extras, read by :mod:`erpmail.core.transport`:
+``security`` ``starttls`` | ``tls`` | ``none``; without it port 465 means implicit TLS and
+every other port STARTTLS, which is then required (a server that does not offer it is
+refused, never a plaintext send). Plain SMTP only when the extras say ``"none"``.
+Certificates are verified against the system store or the extras' ``ca_file``; ``timeout``
+(seconds, default 30) bounds the connect and every reply. Every error is a
+:class:`SmtpError`; account-level failures raise :class:`SmtpAccountError`, whose text names
+the account and never the password.
 """
 
 from __future__ import annotations
@@ -16,23 +18,31 @@ import smtplib
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from airflow.sdk import BaseHook
 
-DEFAULT_TIMEOUT = 30.0
-Security = Literal["starttls", "tls", "none"]
+from erpmail.core.transport import (
+    SMTP,
+    TransportSettings,
+    read_settings,
+    tls_context,
+    ui_field_behaviour,
+)
+from erpmail.outbound.dotstuff import stuff_dots
+from erpmail.outbound.envelope import envelope_address
+
 Outcome = Literal["sent", "deferred", "failed"]
 
 # Queue ids as Postfix ("queued as 4Xyz"), Exim ("id=1abc-00") and others report them.
 _QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9._-]+)|\bid=([A-Za-z0-9._-]+)", re.IGNORECASE)
-# An ASCII dot-atom address, which smtplib's quoteaddr() would only wrap in <>, after
-# parsing it with email.utils at some 20 us per address.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
-class SmtpAccountError(Exception):
+class SmtpError(Exception):
+    """Anything the SMTP transport raises."""
+
+
+class SmtpAccountError(SmtpError):
     """The account cannot send at all (TLS, login, connect): stop it, keep its mail queued."""
 
     def __init__(self, account: str, reason: str) -> None:
@@ -41,7 +51,7 @@ class SmtpAccountError(Exception):
         self.reason = reason
 
 
-class SmtpDropped(Exception):
+class SmtpDropped(SmtpError):
     """The connection broke while sending one message. ``after_dot``: the whole message,
     final dot included, left this client before the break, so the server may have accepted
     it and a retry may duplicate it (the client cannot tell; a drop mid-DATA on a small
@@ -84,38 +94,14 @@ def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
 
 
-def envelope_address(address: str) -> str:
-    """``address`` as MAIL FROM and RCPT TO carry it: what ``smtplib.quoteaddr`` returns."""
-    if _PLAIN_ADDRESS.fullmatch(address):
-        return f"<{address}>"
-    return smtplib.quoteaddr(address)
-
-
 def _queue_id(reply: str) -> str | None:
     m = _QUEUE_ID.search(reply)
     return (m.group(1) or m.group(2)) if m else None
 
 
-def stuff_dots(mime: bytes) -> bytes:
-    """``mime`` with a dot doubled at the start of every line (RFC 5321 4.5.2).
-
-    The same bytes as smtplib's ``re.sub(rb"(?m)^\\.", b"..", mime)``, cheaper: that regex
-    tries every byte (0.4 ms for 42 KB), while dots are few in mail (none in base64), so
-    ``bytes.find`` hops between them and most messages come back as they are.
-    """
-    at = mime.find(b".")
-    for _ in range(64):  # past that many dots, one linear pass costs less than hopping
-        if at == -1:
-            return mime
-        if at == 0 or mime[at - 1] == 0x0A:  # a line starts with a dot
-            break
-        at = mime.find(b".", at + 1)
-    stuffed = mime.replace(b"\n.", b"\n..")
-    return b"." + stuffed if mime.startswith(b".") else stuffed
-
-
 class SmtpSession:
-    """One logged-in SMTP connection; send messages one after another, then ``close()``."""
+    """One logged-in SMTP connection; send messages one after another, then ``close()``
+    (or use it as a context manager, which closes it)."""
 
     def __init__(self, client: smtplib.SMTP, account: str) -> None:
         self.client = client
@@ -123,6 +109,12 @@ class SmtpSession:
         self.sent = 0  # messages handed over on this connection, whatever the outcome
         self.alive = True
         self.last_used = time.monotonic()
+
+    def __enter__(self) -> SmtpSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def usable(self, idle_seconds: float = 10.0) -> bool:
         """Alive, and after an idle spell still answering NOOP (servers drop idle clients)."""
@@ -243,66 +235,84 @@ class SmtpSession:
 
 
 class SmtpHook(BaseHook):
-    """SMTP for one account's Airflow connection: ``with hook.session() as s: s.send(...)``."""
+    """SMTP for one account's Airflow connection.
 
-    conn_name_attr = "conn_id"
+    ``with hook.session() as s: s.send(...)`` (or ``with SmtpHook(conn_id) as s``) opens a
+    verified, logged-in session and closes it on exit.
+
+    :param smtp_conn_id: the Airflow connection (type ``erpmail_smtp`` or ``smtp``): host,
+        port, login, password; extras ``security``, ``ca_file``, ``timeout``.
+    :param account: the name errors give for the account (default: the connection id).
+    """
+
+    conn_name_attr = "smtp_conn_id"
     default_conn_name = "smtp_default"
-    conn_type = "smtp"
+    conn_type = "erpmail_smtp"
     hook_name = "erpmail SMTP"
 
-    def __init__(self, conn_id: str, *, account: str | None = None) -> None:
+    def __init__(
+        self, smtp_conn_id: str = default_conn_name, *, account: str | None = None
+    ) -> None:
         super().__init__()
-        self.conn_id = conn_id
-        self.account = account or conn_id
+        self.smtp_conn_id = smtp_conn_id
+        self.account = account or smtp_conn_id
+        self._open: SmtpSession | None = None
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden fields and placeholders of the Connections form."""
+        behaviour = ui_field_behaviour(SMTP)
+        return {k.replace("-", "_"): v for k, v in behaviour.items()}
+
+    def __enter__(self) -> SmtpSession:
+        self._open = self.session()
+        return self._open
+
+    def __exit__(self, *exc: object) -> None:
+        if self._open is not None:
+            self._open.close()
+            self._open = None
 
     def _fail(self, reason: str, password: str | None) -> SmtpAccountError:
         if password:
             reason = reason.replace(password, "***")
         return SmtpAccountError(self.account, reason)
 
-    def settings(self) -> tuple[object, Security, float]:
-        """The connection, its security mode and its timeout, checked."""
+    def _connection(self):
         try:
-            conn = self.get_connection(self.conn_id)
+            return self.get_connection(self.smtp_conn_id)
         except Exception as e:  # an unknown conn id raises Airflow's own exception types
-            raise SmtpAccountError(self.account, f"connection {self.conn_id!r}: {e}") from e
-        extra = conn.extra_dejson or {}
-        port = conn.port or 587
-        security = str(extra.get("security") or ("tls" if port == 465 else "starttls")).lower()
-        if security not in ("starttls", "tls", "none"):
-            raise SmtpAccountError(
-                self.account,
-                f"connection {self.conn_id!r}: extra 'security' is {security!r}, "
-                "expected starttls, tls or none",
-            )
-        if not conn.host:
-            raise SmtpAccountError(self.account, f"connection {self.conn_id!r} has no host")
-        return conn, security, float(extra.get("timeout") or DEFAULT_TIMEOUT)
+            raise SmtpAccountError(self.account, f"connection {self.smtp_conn_id!r}: {e}") from e
 
-    def tls_context(self, extra: dict) -> ssl.SSLContext:
-        """A verifying context: system store, or only the extras' ``ca_file`` when set."""
-        ca_file = extra.get("ca_file")
-        ctx = (
-            ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
-        )
-        ctx.check_hostname = True
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+    def _settings(self, conn) -> TransportSettings:
+        try:
+            return read_settings(conn, SMTP)
+        except ValueError as e:
+            raise SmtpAccountError(self.account, f"connection {self.smtp_conn_id!r}: {e}") from None
+
+    def settings(self) -> TransportSettings:
+        """Host, port, security, CA file and timeout as they will be used (no credentials)."""
+        return self._settings(self._connection())
+
+    def get_conn(self) -> SmtpSession:
+        """A logged-in session; the caller closes it (prefer :meth:`session` in ``with``)."""
+        return self.session()
 
     def session(self) -> SmtpSession:
         """Connect, secure and log in; raises :class:`SmtpAccountError` when that fails."""
-        conn, security, timeout = self.settings()
+        conn = self._connection()
+        s = self._settings(conn)
         password = conn.password
-        where = f"{conn.host}:{conn.port or 587}"
+        where = f"{s.host}:{s.port}"
         client: smtplib.SMTP | None = None
         try:
-            ctx = self.tls_context(conn.extra_dejson or {}) if security != "none" else None
-            if security == "tls":
-                client = smtplib.SMTP_SSL(conn.host, conn.port or 465, timeout=timeout, context=ctx)
+            ctx = tls_context(s.ca_file) if s.security != "none" else None
+            if s.security == "tls":
+                client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=ctx)
             else:
-                client = smtplib.SMTP(conn.host, conn.port or 587, timeout=timeout)
+                client = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
             client.ehlo()
-            if security == "starttls":
+            if s.security == "starttls":
                 if not client.has_extn("starttls"):
                     raise self._fail(
                         f"{where} does not offer STARTTLS; refusing to send in plaintext", None
@@ -331,6 +341,26 @@ class SmtpHook(BaseHook):
         except (smtplib.SMTPException, OSError) as e:  # OSError covers timeouts
             _close(client)
             raise self._fail(f"{where}: {type(e).__name__}: {e}", password) from None
+
+    def test_connection(self) -> tuple[bool, str]:
+        """For the Connections page: connect, secure, log in and NOOP; (ok, what happened).
+
+        The message never contains the password."""
+        try:
+            conn = self._connection()
+            s = self._settings(conn)
+        except SmtpAccountError as e:
+            return False, e.reason
+        try:
+            with self.session() as session:
+                code, reply = session.client.noop()
+        except Exception as e:  # the page shows any failure as text
+            message = e.reason if isinstance(e, SmtpAccountError) else f"{type(e).__name__}: {e}"
+            return False, message.replace(conn.password, "***") if conn.password else message
+        if code != 250:
+            return False, f"{s.host}:{s.port}: NOOP answered {code} {_text(reply)}"
+        login = f"logged in as {conn.login!r}" if conn.login else "no login"
+        return True, f"{s.host}:{s.port} over {s.security}, {login}: ready to send"
 
 
 def _close(client: smtplib.SMTP | None) -> None:

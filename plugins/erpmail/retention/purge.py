@@ -1,10 +1,8 @@
 """Archive retention: purge archived mail past its policy's period, files and rows together.
 
-A policy (``mail.retention_policies``) covers one import location (its incoming mail) or all
-sent mail (``direction = 'out'``). Mail archived before the cut-off date goes; keep_days NULL
-or 0 keeps everything. Nothing younger than the legal minimum goes (the invoice minimum for
-mail linked to an open item) unless the run is forced with a reason, and mail under legal
-hold never goes. A location without a policy keeps its mail.
+Per policy (``erpmail.retention.policies``) mail archived before its cut-off date goes.
+Nothing younger than the legal minimum goes (the invoice minimum for mail linked to an open
+item) unless the run is forced with a reason, and mail under legal hold never goes.
 
 Crash safety: each batch deletes its rows (attachments and links cascade) and records their
 files as one row of ``mail.retention_pending_deletions`` in one transaction; the files are
@@ -22,45 +20,24 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import pendulum
 import psycopg2.extensions
 
-from erpmail.core import archive, db, locks
+from erpmail.core import clock, db, locks
+from erpmail.core.progress import Progress
+from erpmail.retention.deletions import FileRemoval, remove_unshared, settle, sweep_pending
+from erpmail.retention.policies import Cutoffs, Policy, cutoffs, policies
 
 log = logging.getLogger(__name__)
 
-TIMEZONE = "Europe/Berlin"
+TIMEZONE = clock.DEFAULT_TIMEZONE
 BATCH_SIZE = 1000
-PROGRESS_EVERY_SECONDS = 5.0
 # One retention run at a time (its sweep would otherwise race the other's file removal).
 RUN_LOCK_KEY = locks.RETENTION_RUN
 RUN_LOCK_WAIT = "60s"  # a killed predecessor's session may take a moment to go away
-
-SELECT_POLICIES = """
-SELECT p.id, p.scope, p.location_id, l.name, p.keep_days, p.legal_min_days,
-       p.invoice_legal_min_days
-FROM mail.retention_policies p
-LEFT JOIN mail.import_locations l ON l.id = p.location_id
-ORDER BY p.scope = 'sent', l.name, p.id"""
-SELECT_LOCATION = "SELECT id FROM mail.import_locations WHERE name = %s"
-UPSERT_LOCATION_POLICY = """
-INSERT INTO mail.retention_policies (scope, location_id, keep_days, legal_min_days,
-                                     invoice_legal_min_days)
-VALUES ('location', %(location_id)s, %(keep_days)s, %(legal_min_days)s, %(invoice_legal_min_days)s)
-ON CONFLICT (location_id) DO UPDATE SET keep_days = EXCLUDED.keep_days,
-    legal_min_days = EXCLUDED.legal_min_days,
-    invoice_legal_min_days = EXCLUDED.invoice_legal_min_days
-RETURNING id"""
-UPSERT_SENT_POLICY = """
-INSERT INTO mail.retention_policies (scope, keep_days, legal_min_days, invoice_legal_min_days)
-VALUES ('sent', %(keep_days)s, %(legal_min_days)s, %(invoice_legal_min_days)s)
-ON CONFLICT (scope) WHERE scope = 'sent' DO UPDATE SET keep_days = EXCLUDED.keep_days,
-    legal_min_days = EXCLUDED.legal_min_days,
-    invoice_legal_min_days = EXCLUDED.invoice_legal_min_days
-RETURNING id"""
 
 TAKE_RUN_LOCK = "SET lock_timeout = %s; SELECT pg_advisory_lock(%s); SET lock_timeout = 0"
 RELEASE_RUN_LOCK = "SELECT pg_advisory_unlock(%s)"
@@ -148,18 +125,6 @@ PURGE_BATCH = {scope: _build(_BATCH_TEMPLATE, scope) for scope in _SCOPES}
 REPORT_MONTHS = {scope: _build(_REPORT_TEMPLATE, scope) for scope in _SCOPES}
 COUNT_CANDIDATES = {scope: _build(_COUNT_TEMPLATE, scope) for scope in _SCOPES}
 
-SELECT_PENDING = """
-SELECT id, keys FROM mail.retention_pending_deletions WHERE id > %s ORDER BY id LIMIT 1"""
-# The recorded keys no remaining row names: only those files may go (a stored file may be
-# shared). Asked after the rows' delete, in the same transaction, so it sees the delete.
-UNSHARED_KEYS = """
-SELECT k FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS u (k, n)
-WHERE NOT EXISTS (SELECT 1 FROM mail.messages m WHERE m.eml_path = u.k)
-  AND NOT EXISTS (SELECT 1 FROM mail.attachments a WHERE a.path = u.k)
-ORDER BY n"""
-SET_PENDING_KEYS = "UPDATE mail.retention_pending_deletions SET keys = %s WHERE id = %s"
-CLEAR_PENDING = "DELETE FROM mail.retention_pending_deletions WHERE id = ANY(%s)"
-
 INSERT_AUDIT = """
 INSERT INTO mail.audit_log (actor, action, subject, details)
 VALUES (%s, %s, %s, %s::jsonb) RETURNING id"""
@@ -180,100 +145,9 @@ WHERE action = 'retention_purge' AND details->>'status' = 'running'
 RETURNING id"""
 
 
-@dataclass(frozen=True)
-class Policy:
-    """One row of ``mail.retention_policies``, with its location's name."""
-
-    id: int
-    scope: str  # 'location' or 'sent'
-    location_id: int | None
-    location: str | None
-    keep_days: int | None
-    legal_min_days: int
-    invoice_legal_min_days: int
-
-    @property
-    def label(self) -> str:
-        return self.location if self.scope == "location" else "sent"
-
-    @property
-    def keeps_forever(self) -> bool:
-        return not self.keep_days
-
-
-@dataclass(frozen=True)
-class Cutoffs:
-    """The dates before which mail may go: by keep_days alone, and with the legal minimums."""
-
-    keep: date
-    general: date  # for mail not linked to an open item
-    invoice: date  # for mail linked to an open item
-    legal: date
-    invoice_legal: date
-
-
-def cutoffs(policy: Policy, as_of: date, *, force: bool = False) -> Cutoffs:
-    """The cut-off dates for ``policy`` on ``as_of``; forcing lets the legal minimums give way."""
-    keep = as_of - timedelta(days=policy.keep_days or 0)
-    legal = as_of - timedelta(days=policy.legal_min_days)
-    invoice_legal = as_of - timedelta(days=policy.invoice_legal_min_days)
-    if force:
-        return Cutoffs(keep, keep, keep, legal, invoice_legal)
-    return Cutoffs(keep, min(keep, legal), min(keep, invoice_legal), legal, invoice_legal)
-
-
 def _start_of(day: date) -> datetime:
     """Midnight at the start of ``day`` in the company time zone: mail archived before goes."""
     return pendulum.datetime(day.year, day.month, day.day, tz=TIMEZONE)
-
-
-def today() -> date:
-    """Today in the company time zone."""
-    return pendulum.now(TIMEZONE).date()
-
-
-def policies(cur: psycopg2.extensions.cursor, location: str | None = None) -> list[Policy]:
-    """The policies, location ones by name then sent; ``location`` picks one ('sent' for sent mail).
-
-    Raises ValueError naming the location when it has no policy or does not exist.
-    """
-    cur.execute(SELECT_POLICIES)
-    found = [Policy(*row) for row in cur.fetchall()]
-    if location is None:
-        return found
-    chosen = [p for p in found if p.label == location]
-    if chosen:
-        return chosen
-    if location != "sent":
-        cur.execute(SELECT_LOCATION, (location,))
-        if cur.fetchone() is None:
-            raise ValueError(f"location {location!r}: no such import location")
-    raise ValueError(f"location {location!r}: has no retention policy (its mail is kept)")
-
-
-def set_policy(
-    cur: psycopg2.extensions.cursor,
-    *,
-    location: str | None,
-    keep_days: int | None,
-    legal_min_days: int = 2190,
-    invoice_legal_min_days: int = 3650,
-) -> int:
-    """Create or replace the policy for import location ``location`` (None: sent mail); its id."""
-    params = {
-        "keep_days": keep_days,
-        "legal_min_days": legal_min_days,
-        "invoice_legal_min_days": invoice_legal_min_days,
-    }
-    if location is None:
-        cur.execute(UPSERT_SENT_POLICY, params)
-    else:
-        cur.execute(SELECT_LOCATION, (location,))
-        row = cur.fetchone()
-        if row is None:
-            raise ValueError(f"location {location!r}: no such import location")
-        cur.execute(UPSERT_LOCATION_POLICY, {**params, "location_id": row[0]})
-    return cur.fetchone()[0]
 
 
 def check_request(*, force: bool, force_reason: str | None) -> str | None:
@@ -291,127 +165,12 @@ def dry_run_for(run_type: str, requested: bool) -> bool:
     return False if run_type == "scheduled" else requested
 
 
-class Progress:
-    """Logs done/total, rate and time left at most every few seconds."""
-
-    def __init__(self, label: str, total: int, every: float = PROGRESS_EVERY_SECONDS) -> None:
-        self.label, self.total, self.every = label, total, every
-        self.done = 0
-        self.started = self._last = time.monotonic()
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self._last >= self.every:
-            self._last = now
-            self.log()
-
-    def log(self) -> None:
-        took = max(time.monotonic() - self.started, 1e-9)
-        rate = self.done / took
-        left = (self.total - self.done) / rate if rate and self.total > self.done else 0.0
-        log.info(
-            "%s: %s/%s mails (%.1f%%), %.0f/s, about %s left",
-            self.label,
-            f"{self.done:,}",
-            f"{self.total:,}",
-            100.0 * self.done / self.total if self.total else 100.0,
-            rate,
-            _duration(left),
-        )
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:,} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n} B"  # unreachable
-
-
-@dataclass
-class FileRemoval:
-    """What removing recorded files did."""
-
-    removed: int = 0
-    missing: int = 0  # already gone (a previous attempt removed it before dying)
-    shared: int = 0  # still named by another row, so kept
-    failed: int = 0  # left pending for the next run
-
-    def add(self, other: FileRemoval) -> None:
-        for name in ("removed", "missing", "shared", "failed"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-def _remove_unshared(
-    conn: psycopg2.extensions.connection, keys: list[str]
-) -> tuple[FileRemoval, list[str]]:
-    """Remove the files under ``keys`` that no row names (after the rows' delete committed):
-    what happened, and the keys that failed."""
-    result = FileRemoval()
-    with db.transaction(conn) as cur:
-        # no import stores a file while these are checked and removed (locks.ARCHIVE_FILES)
-        cur.execute(locks.ARCHIVE_FILES_EXCLUSIVE)
-        cur.execute(UNSHARED_KEYS, {"keys": keys})
-        unshared = [row[0] for row in cur.fetchall()]
-        try:
-            done, errors = archive.delete_many(unshared), {}
-        except archive.DeleteError as exc:  # the others are gone; the failed keys stay pending
-            done, errors = exc.done, exc.errors
-    result.shared = len(keys) - len(unshared)
-    for key, error in errors.items():
-        log.error("retention: could not remove %s: %s", key, error)
-    result.removed = sum(done.values())
-    result.missing = len(done) - result.removed
-    result.failed = len(errors)
-    return result, list(errors)
-
-
-def _settle(
-    cur: psycopg2.extensions.cursor, pending_id: int, removal: Future, result: FileRemoval
-) -> None:
-    """Clear a pending row once its files are gone (or shared); keep the keys that failed."""
-    counts, failed = removal.result()
-    result.add(counts)
-    if failed:
-        cur.execute(SET_PENDING_KEYS, (failed, pending_id))
-    else:
-        cur.execute(CLEAR_PENDING, ([pending_id],))
-
-
-def sweep_pending(conn: psycopg2.extensions.connection) -> FileRemoval:
-    """Remove files left recorded by a run that died after its commit; what it did."""
-    total = FileRemoval()
-    after = 0
-    while True:
-        with db.transaction(conn) as cur:
-            cur.execute(SELECT_PENDING, (after,))
-            row = cur.fetchone()
-        if row is None:
-            break
-        after, keys = row
-        done: Future = Future()
-        done.set_result(_remove_unshared(conn, keys))
-        with db.transaction(conn) as cur:
-            _settle(cur, after, done, total)
-    if total.removed or total.missing or total.shared or total.failed:
-        log.info(
-            "retention sweep: %s leftover files removed, %s already gone, %s still in use, %s failed",
-            total.removed,
-            total.missing,
-            total.shared,
-            total.failed,
-        )
-    return total
 
 
 @dataclass
@@ -475,7 +234,7 @@ def _purge_policy(
 ) -> None:
     """Delete the policy's eligible mail in ordered batches; ``total`` is the expected count."""
     params = _params(policy, cut)
-    progress = Progress(f"purge {policy.label}", total)
+    progress = Progress(f"purge {policy.label}", total, unit="mails", log=log)
     params.update(run_id=run_id, batch_size=batch_size, after_at="-infinity", after_id=0)
     # One batch's files are removed (in a thread, with its own connection to ask which keys
     # no row names any more) while the next batch runs in the database; a pending row is
@@ -489,7 +248,7 @@ def _purge_policy(
             while True:
                 with db.transaction(conn) as cur:
                     while len(in_flight) > 1 or (in_flight and in_flight[0][1].done()):
-                        _settle(cur, *in_flight.pop(0), result.files)
+                        settle(cur, *in_flight.pop(0), result.files)
                     cur.execute(PURGE_BATCH[policy.scope], params)
                     row = cur.fetchone()
                     if row is None:  # nothing left after the last key
@@ -506,7 +265,7 @@ def _purge_policy(
                     )
                 # committed: the rows are gone and their files recorded; now the files may go
                 if pending_id:
-                    removal = files.submit(_remove_unshared, files_conn, keys)
+                    removal = files.submit(remove_unshared, files_conn, keys)
                     in_flight.append((pending_id, removal))
                 params.update(after_at=last_at, after_id=last_id)
                 result.mails += mails
@@ -515,11 +274,11 @@ def _purge_policy(
                 progress.add(mails)
             with db.transaction(conn) as cur:
                 for pending_id, removal in in_flight:
-                    _settle(cur, pending_id, removal, result.files)
+                    settle(cur, pending_id, removal, result.files)
     finally:
         files_conn.close()
     if total:
-        progress.log()
+        progress.update(progress.done, force=True)
 
 
 def run(
@@ -542,7 +301,7 @@ def run(
     reason = check_request(force=force, force_reason=force_reason)
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
-    as_of = as_of or today()
+    as_of = as_of or clock.today(TIMEZONE)
     run_id = run_id or f"retention-{uuid.uuid4().hex[:12]}"
     own = conn is None
     conn = conn or db.connect()

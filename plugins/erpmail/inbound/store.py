@@ -1,0 +1,383 @@
+"""Storing received mail: dedupe, the raw ``.eml`` and attachment files, the rows.
+
+Every mail is stored once per location: by Message-ID, else by the SHA-256 of its raw bytes.
+The raw ``.eml`` goes to the document store unchanged, under the location's folder by month;
+attachments, where the location keeps them, beside it. A chunk of mails is stored with a few
+statements (files written by a few threads, one ``INSERT ... RETURNING``); a file written by
+an attempt that did not keep its row is removed again unless a stored mail names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from psycopg2.extras import execute_values
+
+from erpmail.core import archive, db, locks
+from erpmail.inbound import linking, parse
+from erpmail.inbound.locations import Location
+
+log = logging.getLogger(__name__)
+
+STORE_THREADS = 4
+LOOKUP_CHUNK = 500
+MAX_DEFECTS = 200
+
+KNOWN_MESSAGE_IDS = """
+SELECT message_id FROM mail.messages WHERE location_id = %s AND message_id = ANY(%s)"""
+KNOWN_SHAS = """
+SELECT sha256 FROM mail.messages WHERE location_id = %s AND message_id IS NULL AND sha256 = ANY(%s)"""
+EXISTING_BY_MESSAGE_ID = "SELECT id FROM mail.messages WHERE location_id = %s AND message_id = %s"
+EXISTING_BY_SHA = """
+SELECT id FROM mail.messages WHERE location_id = %s AND message_id IS NULL AND sha256 = %s"""
+RECORD_SKIPPED = """
+INSERT INTO mail.import_skipped (location_id, folder, uidvalidity, uid, size_bytes, reason,
+    internal_date)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING"""
+INSERT_MESSAGE = """
+INSERT INTO mail.messages (direction, location_id, folder, uid, uidvalidity, message_id, sha256,
+    eml_path, size_bytes, subject, from_address, from_name, to_addresses, cc_addresses,
+    sent_date, in_reply_to, refs, body_text, body_html, defects, status)
+VALUES ('in', %(location_id)s, %(folder)s, %(uid)s, %(uidvalidity)s, %(message_id)s, %(sha256)s,
+    %(eml_path)s, %(size_bytes)s, %(subject)s, %(from_address)s, %(from_name)s,
+    %(to_addresses)s, %(cc_addresses)s, %(sent_date)s, %(in_reply_to)s, %(refs)s,
+    %(body_text)s, %(body_html)s, %(defects)s, %(status)s)
+ON CONFLICT DO NOTHING
+RETURNING id"""
+INSERT_MESSAGES = """
+INSERT INTO mail.messages (direction, location_id, folder, uid, uidvalidity, message_id, sha256,
+    eml_path, size_bytes, subject, from_address, from_name, to_addresses, cc_addresses,
+    sent_date, in_reply_to, refs, body_text, body_html, defects, status)
+VALUES %s
+ON CONFLICT DO NOTHING
+RETURNING id, eml_path"""
+INSERT_MESSAGES_ROW = (
+    "('in', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s, %s,"
+    " %s::text[], %s, %s, %s::text[], %s)"
+)
+INSERT_ATTACHMENTS = """
+INSERT INTO mail.attachments (message_id, filename, content_type, size_bytes, sha256, path)
+VALUES %s"""
+INSERT_ATTACHMENT = """
+INSERT INTO mail.attachments (message_id, filename, content_type, size_bytes, sha256, path)
+VALUES (%s, %s, %s, %s, %s, %s)"""
+ATTACHMENT_PATH_IN_USE = "SELECT 1 FROM mail.attachments WHERE path = %s LIMIT 1"
+KEY_IN_USE = "SELECT 1 FROM mail.messages WHERE eml_path = %s LIMIT 1"
+SET_STATUS = "UPDATE mail.messages SET status = %s, defects = %s WHERE id = %s"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The outcome for one mail: its row id, whether it was new, and its status."""
+
+    message_row_id: int
+    new: bool
+    status: str
+
+
+@dataclass
+class Prepared:
+    """A fetched mail after hashing and parsing: what the database and the store need."""
+
+    uid: int
+    received: datetime | None
+    raw: bytes
+    sha: str
+    parsed: parse.ParsedMail
+
+
+def prepare(uid: int, received: datetime | None, raw: bytes) -> Prepared:
+    """Hash and parse one fetched mail; its attachments are decoded when stored."""
+    return Prepared(uid, received, raw, hashlib.sha256(raw).hexdigest(), parse.parse(raw))
+
+
+def eml_key(location: Location, sha256: str, received: datetime | None) -> str:
+    """The archive key of a mail: under the location's folder/subfolder, by month."""
+    when = (received or datetime.now(UTC)).astimezone(UTC)
+    parts = [
+        archive.safe_part(p)
+        for p in f"{location.archive_folder}/{location.archive_subfolder}".split("/")
+        if p.strip()
+    ]
+    return "/".join([*parts, f"{when:%Y}", f"{when:%m}", f"{location.id}-{sha256}.eml"])
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header lines of a raw mail, up to and including the blank line."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    return raw if end < 0 else raw[: end + 2]
+
+
+def existing(cur, location: Location, message_id: str | None, sha: str) -> int | None:
+    """The row id of the stored copy: by Message-ID, or by content hash without one."""
+    if message_id:
+        cur.execute(EXISTING_BY_MESSAGE_ID, (location.id, message_id))
+    else:
+        cur.execute(EXISTING_BY_SHA, (location.id, sha))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def known_message_ids(conn, location: Location, message_ids: list[str]) -> set[str]:
+    """Those of ``message_ids`` stored for the location already (rescans look ahead)."""
+    known: set[str] = set()
+    with db.transaction(conn) as cur:
+        for start in range(0, len(message_ids), LOOKUP_CHUNK):
+            chunk = message_ids[start : start + LOOKUP_CHUNK]
+            cur.execute(KNOWN_MESSAGE_IDS, (location.id, chunk))
+            known.update(row[0] for row in cur.fetchall())
+    return known
+
+
+def record_skipped(cur, location: Location, uidvalidity: int, uid: int, size: int, when) -> None:
+    """Record a mail over the location's size limit; it stays on the server."""
+    cur.execute(
+        RECORD_SKIPPED,
+        (
+            location.id,
+            location.folder,
+            uidvalidity,
+            uid,
+            size,
+            f"size {size} bytes over the limit {location.max_message_bytes}",
+            when,
+        ),
+    )
+    log.warning(
+        "%s: UID %s is %d bytes, over the limit of %d; left on the server",
+        location.name,
+        uid,
+        size,
+        location.max_message_bytes,
+    )
+
+
+def defects(parsed: parse.ParsedMail) -> list[str]:
+    """The mail's defects as stored: bounded in number and length."""
+    return [parse.clean_text(d, 500) for d in parsed.defects[:MAX_DEFECTS]]
+
+
+def insert_message(
+    cur,
+    location: Location,
+    parsed: parse.ParsedMail,
+    *,
+    key: str,
+    sha: str,
+    size: int,
+    uid: int | None,
+    uidvalidity: int | None,
+    status: str,
+) -> int | None:
+    """Insert one mail's row; its id, or None when the same mail was stored meanwhile."""
+    cur.execute(
+        INSERT_MESSAGE,
+        {
+            "location_id": location.id,
+            "folder": location.folder,
+            "uid": uid,
+            "uidvalidity": uidvalidity,
+            "message_id": parsed.message_id,
+            "sha256": sha,
+            "eml_path": key,
+            "size_bytes": size,
+            "subject": parsed.subject,
+            "from_address": parsed.from_address,
+            "from_name": parsed.from_name,
+            "to_addresses": parsed.to_addresses,
+            "cc_addresses": parsed.cc_addresses,
+            "sent_date": parsed.sent_date,
+            "in_reply_to": parsed.in_reply_to,
+            "refs": parsed.references,
+            "body_text": parsed.body_text,
+            "body_html": parsed.body_html,
+            "defects": defects(parsed),
+            "status": status,
+        },
+    )
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def set_malformed(cur, mail_id: int, parsed: parse.ParsedMail) -> None:
+    """Mark a stored mail malformed, with the defects found since its insert."""
+    cur.execute(SET_STATUS, ("malformed", defects(parsed), mail_id))
+
+
+def store_attachments(
+    cur,
+    location: Location,
+    parsed: parse.ParsedMail,
+    mail_id: int,
+    key: str,
+    written: list[str],
+) -> None:
+    """Decode each attachment (to a file beside the .eml where the location keeps them) and
+    insert its row; file keys are appended to ``written`` before they are created."""
+    folder = key.removesuffix(".eml")
+    for att in parsed.attachments:
+        path = None
+        if location.store_attachments:
+            path = f"{folder}/{att.filename}"
+            written.append(path)
+            archive.store_stream(path, att.chunks())
+        else:
+            att.consume()  # size and hash only
+        cur.execute(
+            INSERT_ATTACHMENT,
+            (mail_id, att.filename, att.content_type, att.size, att.sha256, path),
+        )
+
+
+def forget(cur, keys: list[str]) -> None:
+    """Remove files this attempt wrote and no stored mail refers to."""
+    for key in keys:
+        try:
+            # an identical mail stored before has the same keys: its files stay
+            cur.execute("SAVEPOINT forget")
+            cur.execute(KEY_IN_USE if key.endswith(".eml") else ATTACHMENT_PATH_IN_USE, (key,))
+            in_use = cur.fetchone() is not None
+            cur.execute("RELEASE SAVEPOINT forget")
+            if in_use:
+                continue
+            archive.delete(key)
+        except Exception:  # the transaction is aborted or the store is gone: leave the orphan
+            log.warning("could not remove %s after a failed import", key)
+
+
+def store_chunk(
+    cur, location: Location, uidvalidity: int, mails: list[Prepared], keys: list[str]
+) -> tuple[list[int], list[tuple[int, str, int]], int]:
+    """Store parsed mails with a few statements; returns (UIDs done, (row id, status, bytes)
+    of the new ones, duplicates). All or nothing: the caller falls back to one by one."""
+    ids = [m.parsed.message_id for m in mails if m.parsed.message_id]
+    shas = [m.sha for m in mails if not m.parsed.message_id]
+    known: set[str] = set()
+    if ids:
+        cur.execute(KNOWN_MESSAGE_IDS, (location.id, ids))
+        known.update(row[0] for row in cur.fetchall())
+    if shas:
+        cur.execute(KNOWN_SHAS, (location.id, shas))
+        known.update(row[0] for row in cur.fetchall())
+    done, fresh = [], []
+    for mail in mails:
+        ident = mail.parsed.message_id or mail.sha
+        done.append(mail.uid)
+        if ident not in known:
+            known.add(ident)  # a second copy within the chunk is a duplicate too
+            fresh.append(mail)
+    duplicates = len(mails) - len(fresh)
+    if not fresh:
+        return done, [], duplicates
+    found = linking.find_links_many(
+        cur,
+        [
+            linking.LinkQuery(
+                m.parsed.subject, m.parsed.from_address, m.parsed.in_reply_to, m.parsed.references
+            )
+            for m in fresh
+        ],
+        location.link_keywords,
+    )
+    written: list[str] = []
+    files: dict[str, tuple[Prepared, list[linking.Link], list[str | None]]] = {}
+    try:
+        for mail, links in zip(fresh, found, strict=True):
+            key = eml_key(location, mail.sha, mail.received)
+            folder = key.removesuffix(".eml")
+            paths = [
+                f"{folder}/{att.filename}" if location.store_attachments else None
+                for att in mail.parsed.attachments
+            ]
+            files[key] = (mail, links, paths)
+            written.extend([key, *(p for p in paths if p)])
+        # creating files is slow on a busy disk and releases the GIL: several at once
+        cur.execute(locks.ARCHIVE_FILES_SHARED)
+        with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store") as writer:
+            for _ in writer.map(_store_files, files.items()):
+                pass
+        rows = []
+        for key, (mail, links, _) in files.items():
+            parsed = mail.parsed  # its defects now include those found decoding attachments
+            status = "malformed" if parsed.malformed else ("linked" if links else "unlinked")
+            rows.append(
+                (
+                    location.id,
+                    location.folder,
+                    mail.uid,
+                    uidvalidity,
+                    parsed.message_id,
+                    mail.sha,
+                    key,
+                    len(mail.raw),
+                    parsed.subject,
+                    parsed.from_address,
+                    parsed.from_name,
+                    parsed.to_addresses,
+                    parsed.cc_addresses,
+                    parsed.sent_date,
+                    parsed.in_reply_to,
+                    parsed.references,
+                    parsed.body_text,
+                    parsed.body_html,
+                    defects(parsed),
+                    status,
+                )
+            )
+        inserted = execute_values(
+            cur,
+            INSERT_MESSAGES,
+            rows,
+            template=INSERT_MESSAGES_ROW,
+            page_size=len(rows),
+            fetch=True,
+        )
+        new, atts, link_rows = [], [], []
+        by_key = dict(row[::-1] for row in inserted)
+        for row in rows:
+            key, status = row[6], row[19]
+            mail_id = by_key.get(key)
+            if mail_id is None:  # stored meanwhile by someone else: a duplicate after all
+                duplicates += 1
+                continue
+            mail, links, paths = files[key]
+            new.append((mail_id, status, len(mail.raw)))
+            link_rows.append((mail_id, links))
+            for att, path in zip(mail.parsed.attachments, paths, strict=True):
+                atts.append((mail_id, att.filename, att.content_type, att.size, att.sha256, path))
+        if atts:
+            execute_values(cur, INSERT_ATTACHMENTS, atts, page_size=1000)
+        linking.store_links_many(cur, link_rows)
+    except BaseException:
+        forget(cur, written)
+        raise
+    # the losers of a race on the unique index: their files go unless the winner's are theirs
+    forget(
+        cur,
+        [
+            k
+            for key, (_, _, paths) in files.items()
+            if by_key.get(key) is None
+            for k in (key, *(p for p in paths if p))
+        ],
+    )
+    keys.extend(written)
+    return done, new, duplicates
+
+
+def _store_files(item: tuple[str, tuple[Prepared, list, list[str | None]]]) -> None:
+    """Write one mail's .eml and, where a path is given, its decoded attachments."""
+    key, (mail, _, paths) = item
+    archive.store(key, mail.raw)
+    for att, path in zip(mail.parsed.attachments, paths, strict=True):
+        if path is None:
+            att.consume()  # size and hash only
+        else:
+            archive.store_stream(path, att.chunks())

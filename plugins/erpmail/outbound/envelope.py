@@ -1,0 +1,22 @@
+"""Envelope addresses for MAIL FROM and RCPT TO without parsing the plain ones.
+
+Replaces ``smtplib.quoteaddr`` for ASCII dot-atom addresses (``name@domain``, nearly every
+address a business sends to): quoteaddr parses each with ``email.utils`` at some 20 us,
+0.04 ms per message; such an address only needs its ``<>``. Anything else still goes
+through smtplib (bench/README.md, "send"; tests hold it equal to quoteaddr).
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+
+
+def envelope_address(address: str) -> str:
+    """``address`` as MAIL FROM and RCPT TO carry it: what ``smtplib.quoteaddr`` returns."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
