@@ -167,7 +167,18 @@ class PlanBatchesOperator(BaseOperator):
         return runs.plan_batches(int(self.erp_run), letters)
 
 
-class RenderBatchOperator(BaseOperator):
+class _BatchStepOperator(BaseOperator):
+    """A step of one batch of a run: the kind, the run's id and the batch number."""
+
+    template_fields: Sequence[str] = ("kind", "erp_run", "batch")
+    ui_color = UI_COLOR
+
+    def __init__(self, *, kind: str, erp_run: Any, batch: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind, self.erp_run, self.batch = kind, erp_run, batch
+
+
+class RenderBatchOperator(_BatchStepOperator):
     """Render one batch: each ``generated`` letter as a PDF, archived (``archived``; a dry
     run's under ``review/``, ``rendered``), or ``failed`` alone with its reason. Returns the
     counts by status.
@@ -176,13 +187,6 @@ class RenderBatchOperator(BaseOperator):
     :param erp_run: the run's id (templated)
     :param batch: the batch number, one of ``plan.output`` (templated)
     """
-
-    template_fields: Sequence[str] = ("kind", "erp_run", "batch")
-    ui_color = UI_COLOR
-
-    def __init__(self, *, kind: str, erp_run: Any, batch: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.kind, self.erp_run, self.batch = kind, erp_run, batch
 
     def execute(self, context: Any) -> dict[str, int]:
         from erpmail.documents import rendering, runs
@@ -193,7 +197,7 @@ class RenderBatchOperator(BaseOperator):
             )
 
 
-class RouteBatchOperator(BaseOperator):
+class RouteBatchOperator(_BatchStepOperator):
     """Route one rendered batch: each ``archived`` letter to the outbox with its PDF
     (``released``, queued in the same transaction; the outbox key is derived from run and
     letter, so a rerun queues nothing twice), or to ``paper`` with the reason. A dry run
@@ -203,13 +207,6 @@ class RouteBatchOperator(BaseOperator):
     :param erp_run: the run's id (templated)
     :param batch: the batch number (templated)
     """
-
-    template_fields: Sequence[str] = ("kind", "erp_run", "batch")
-    ui_color = UI_COLOR
-
-    def __init__(self, *, kind: str, erp_run: Any, batch: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.kind, self.erp_run, self.batch = kind, erp_run, batch
 
     def execute(self, context: Any) -> dict[str, int]:
         from erpmail.documents import routing, runs
