@@ -34,7 +34,7 @@ def run_steps(run: int) -> tuple[list[int], str | None, dict]:
     """Plan (small batches), render, route, print batch and summary of a dunning run."""
     batches = runs.plan_batches(run, max_batches=3, min_size=4)
     for batch in batches:
-        rendering.render_batch(run, batch, DUNNING, workers=1, chunk_size=10)
+        rendering.render_batch(run, batch, DUNNING)
     for batch in batches:
         routing.route_batch(run, batch, DUNNING)
     printed = summary.print_batch(run, "dunning")
@@ -49,7 +49,7 @@ def kind_run(kind: DocumentKind, run_key: str, key_date: date, params: dict) -> 
     letters = runs.generate(run_id, kind)
     batches = runs.plan_batches(run_id, letters)
     for batch in batches:
-        rendering.render_batch(run_id, batch, kind, workers=1)
+        rendering.render_batch(run_id, batch, kind)
     for batch in batches:
         routing.route_batch(run_id, batch, kind)
     summary.print_batch(run_id, kind.document)

@@ -218,7 +218,7 @@ def test_fetcher_directly():
     assert len(fetcher.refused) == 5
 
 
-def test_render_many_renders_in_this_process_in_order_and_fails_alone(seeded_db):
+def test_render_batch_renders_in_this_process_in_order_and_fails_alone(seeded_db):
     contexts = load_contexts(seeded_db, limit=7)
     letters = sources(contexts)
     letters[3] = pdf.LetterSource(
@@ -229,7 +229,7 @@ def test_render_many_renders_in_this_process_in_order_and_fails_alone(seeded_db)
     )
     letters[5] = pdf.LetterSource(letters[5].key, letters[5].html.replace(pdf.LETTER_CSS_LINK, ""))
     children = multiprocessing.active_children()
-    results = pdf.render_many(letters)
+    results = pdf.render_batch(letters)
 
     assert multiprocessing.active_children() == children  # no process started
     assert [r.key for r in results] == [c.partner.number for c in contexts]
@@ -307,7 +307,7 @@ def test_loader_levels_follow_days_overdue(seeded_db):
 def test_progress_is_logged(seeded_db, monkeypatch, caplog):
     monkeypatch.setattr(pdf, "PROGRESS_SECONDS", 0.0)
     caplog.set_level("INFO", logger="erpmail.documents.pdf")
-    results = pdf.render_many(sources(load_contexts(seeded_db, limit=3)))
+    results = pdf.render_batch(sources(load_contexts(seeded_db, limit=3)))
     assert all(r.ok for r in results)
     messages = [r.getMessage() for r in caplog.records if r.name == "erpmail.documents.pdf"]
     assert any(m.startswith("rendered: 1/3 letters") for m in messages)

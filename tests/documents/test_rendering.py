@@ -29,13 +29,13 @@ def test_rendering_logs_no_library_chatter_but_erpmail_progress(ledger, caplog) 
     run = dunning_run()
     first, second, *_ = runs.plan_batches(run, max_batches=3, min_size=4)
     caplog.set_level(logging.INFO)
-    rendering.render_batch(run, first, DUNNING, workers=1, chunk_size=10)
+    rendering.render_batch(run, first, DUNNING)
     chatter = [r for r in caplog.records if r.name.startswith(("weasyprint", "fontTools"))]
     assert chatter, "WeasyPrint logs its steps at INFO when left alone"
     caplog.clear()
     level = logging.getLogger("weasyprint").level
     with library_chatter_silenced():
-        done = rendering.render_batch(run, second, DUNNING, workers=1, chunk_size=10)
+        done = rendering.render_batch(run, second, DUNNING)
     assert done["archived"] > 0
     libraries = [
         r

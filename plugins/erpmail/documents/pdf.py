@@ -171,7 +171,8 @@ def render_batch(
 
     A letter whose template is broken or asks for a refused resource fails alone (``error``).
     PDF metadata comes from each letter's ``<title>``, ``<meta name=author|description|
-    dcterms.created>``. Progress (done/total, rate, time left) is logged every few seconds.
+    dcterms.created>``. Progress (done/total, rate, time left) is logged every few seconds,
+    and a summary at the end.
     """
     pdf_variant_checked(pdf_variant)
     fetcher = TemplateFetcher(root)
@@ -189,25 +190,13 @@ def render_batch(
         else:
             results.append(LetterPdf(letter.key, data, pages=len(document.pages)))
         progress.update(done)
-    return results
-
-
-def render_many(
-    letters: Sequence[LetterSource],
-    *,
-    pdf_variant: str | None = None,
-    root: Path = TEMPLATES_DIR,
-) -> list[LetterPdf]:
-    """``render_batch`` for one task's letters, ending with a summary a clerk can read."""
-    started = time.monotonic()
-    out = render_batch(letters, pdf_variant=pdf_variant, root=root)
-    failed = sum(1 for pdf in out if not pdf.ok)
-    elapsed = time.monotonic() - started
+    failed = sum(1 for pdf in results if not pdf.ok)
+    elapsed = time.monotonic() - progress.started
     log.info(
         "rendered %d letters (%d failed) in %.1f s: %.1f letters/s",
-        len(out) - failed,
+        len(results) - failed,
         failed,
         elapsed,
-        len(out) / elapsed if elapsed else 0.0,
+        len(results) / elapsed if elapsed else 0.0,
     )
-    return out
+    return results

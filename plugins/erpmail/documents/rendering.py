@@ -34,9 +34,6 @@ def render_batch(
     run_id: int,
     batch: int,
     kind: DocumentKind,
-    *,
-    workers: int | None = None,
-    chunk_size: int | None = None,
 ) -> dict[str, int]:
     """Render the batch's ``generated`` letters in one pass and store each PDF.
 
@@ -73,7 +70,7 @@ def render_batch(
             meta[letter_id] = (number, rendered.language, rendered.fallback_from)
         # one letter after the other in this process: the run's parallelism is its mapped
         # render tasks over the worker slots (workers and chunk_size no longer change anything)
-        results = pdf.render_many(sources) if sources else []
+        results = pdf.render_batch(sources) if sources else []
         status = "rendered" if run.dry_run else "archived"
         done = []
         for result in results:
