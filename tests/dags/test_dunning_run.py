@@ -237,3 +237,48 @@ def test_each_batch_is_routed_after_its_own_render_and_before_the_print_batch(ai
     assert dag.get_task("print_batch").upstream_task_ids == {"batch.route", "start"}
     assert dag.get_task("plan").upstream_task_ids == {"start", "generate"}
     assert dag.get_task("summary").upstream_task_ids == {"start", "print_batch"}
+
+
+@pytest.mark.timeout(900)
+def test_a_level_without_the_archive_flag_sends_and_prints_but_keeps_no_pdf(
+    setup, tmp_path
+) -> None:
+    conn, server = setup
+    with db.transaction(conn) as cur:
+        cur.execute(
+            "UPDATE erp.dunning_levels SET archive = false WHERE company = 'DEMO' AND level = 1"
+        )
+    when = pendulum.now("UTC")
+    dr = dagtest.dag("dunning_run").test(run_conf=CONF, logical_date=when, run_after=when)
+    assert dr.state == "success"
+    assert dagtest.dag("outbox_dispatch").test().state == "success"
+    ((run_id, summary),) = dagtest.rows(
+        conn, "SELECT id, summary FROM erp.runs WHERE airflow_run_id = %s", dr.run_id
+    )
+    rows = dagtest.rows(
+        conn,
+        "SELECT p.number, l.level, l.status, l.keep_pdf, l.pdf_path FROM erp.letters l"
+        " JOIN erp.partners p ON p.id = l.partner_id WHERE l.run_id = %s",
+        run_id,
+    )
+    letters = {number: (level, status, keep, path) for number, level, status, keep, path in rows}
+    # the level says so on the letter, and its PDFs are gone; level 2 keeps its copy
+    assert all(not keep and path is None for level, _, keep, path in letters.values() if level == 1)
+    assert letters["000004"][0] == 2 and letters["000004"][2:] == (True, letters["000004"][3])
+    assert archive.read(letters["000004"][3])
+    stored = {p.name for p in (tmp_path / "archive").rglob("*.pdf")}
+    for number, (level, *_rest) in letters.items():
+        assert any(name.startswith(f"{number}-") for name in stored) == (level != 1), number
+    # still sent with the PDF attached, and the paper ones still printed
+    by_rcpt = {mail.rcpt_tos[0]: mail for mail in server.messages}
+    message = email.message_from_bytes(
+        by_rcpt["mahnung@kontakt7.example.com"].data, policy=policy.default
+    )
+    (attachment,) = list(message.iter_attachments())
+    assert f"{run_id}-000007" in pdf_text(attachment.get_content())
+    batch = pdf_text(archive.read(summary["print_batch"]))
+    assert f"{run_id}-000005" in batch and f"{run_id}-000006" in batch
+    # a rerun of the run keeps the print batch whole, though the level-1 PDFs are gone
+    rerun = dagtest.dag("dunning_run").test(run_conf=CONF, logical_date=when, run_after=when)
+    assert (rerun.run_id, rerun.state) == (dr.run_id, "success")
+    assert f"{run_id}-000005" in pdf_text(archive.read(summary["print_batch"]))

@@ -84,7 +84,8 @@ SELECT DISTINCT ON (li.open_item_id) li.open_item_id, li.level, r.key_date
    AND l.status <> 'failed'
  ORDER BY li.open_item_id, li.level DESC, r.key_date, r.id"""
 INSERT_LETTERS = """
-INSERT INTO erp.letters (run_id, partner_id, document, language, level, totals, fee, fee_currency)
+INSERT INTO erp.letters (run_id, partner_id, document, language, level, totals, fee, fee_currency,
+    keep_pdf)
 VALUES %s
 ON CONFLICT (run_id, partner_id) DO NOTHING
 RETURNING id, partner_id"""
@@ -321,6 +322,8 @@ def generate(cur: psycopg2.extensions.cursor, run: Run) -> int:
     if not proposals:
         return 0
     languages = runs.partner_languages(cur, [p.partner_id for p in proposals], CONTACT_ROLE)
+    # the level's "archive the generated document": off keeps the PDF only until it is sent
+    archived = {level.level: level.archive for level in load_levels(cur, run.company)}
     rows = [
         (
             run.id,
@@ -331,6 +334,7 @@ def generate(cur: psycopg2.extensions.cursor, run: Run) -> int:
             Json({c: str(v) for c, v in letter_totals(p).items()}),
             p.fee,
             p.fee_currency,
+            archived.get(p.level, True),
         )
         for p in proposals
     ]

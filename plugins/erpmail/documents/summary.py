@@ -24,6 +24,9 @@ PRINT_LETTERS = """
 SELECT l.pdf_path FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
  WHERE l.run_id = %s AND l.status = %s AND l.pdf_path IS NOT NULL
  ORDER BY p.number, l.id"""
+DROPPED_PAPER = """
+SELECT count(*) FROM erp.letters WHERE run_id = %s AND status = 'paper' AND pdf_path IS NULL
+   AND NOT keep_pdf"""
 SET_PRINT_BATCH = "UPDATE erp.runs SET print_batch_path = %s, status = %s WHERE id = %s"
 SUMMARY_COUNTS = """
 SELECT l.status, l.level, l.paper_reason, count(*) FROM erp.letters l WHERE l.run_id = %s
@@ -38,6 +41,13 @@ SELECT l.id, p.number, l.error FROM erp.letters l JOIN erp.partners p ON p.id = 
 SUMMARY_SAMPLE = """
 SELECT l.pdf_path FROM erp.letters l WHERE l.run_id = %s AND l.pdf_path IS NOT NULL
  ORDER BY l.id LIMIT 1"""
+# PDFs of letters whose level keeps no archived copy, once mailed (the outbox holds the
+# bytes), put on paper (the print batch holds it) or failed; a dry run keeps its review PDFs.
+UNKEPT_PDFS = """
+SELECT l.id, l.pdf_path FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id
+ WHERE l.run_id = %s AND NOT r.dry_run AND NOT l.keep_pdf AND l.pdf_path IS NOT NULL
+   AND l.status IN ('released', 'sent', 'paper', 'failed')"""
+FORGET_PDF = "UPDATE erp.letters SET pdf_path = NULL, updated_at = now() WHERE id = %s"
 FINISH_RUN = """
 UPDATE erp.runs SET summary = %s, status = 'done', finished_at = coalesce(finished_at, now())
  WHERE id = %s"""
@@ -50,6 +60,11 @@ def print_batch(run_id: int, document: str) -> str | None:
 
     with db.transaction() as cur:
         run = load_run(cur, run_id, lock=True)
+        cur.execute(DROPPED_PAPER, (run_id,))
+        if run.print_batch_path and cur.fetchone()[0]:
+            # a rerun: the batch holds letters whose PDF is gone since; rebuilding would lose them
+            log.info("run %s: print batch %s kept as it is", run_id, run.print_batch_path)
+            return run.print_batch_path
         cur.execute(PRINT_LETTERS, (run_id, "rendered" if run.dry_run else "paper"))
         paths = [row[0] for row in cur.fetchall()]
         key = None
@@ -69,6 +84,21 @@ def print_batch(run_id: int, document: str) -> str | None:
             log.info("run %s: %d letters in %s", run_id, len(paths), key)
         cur.execute(SET_PRINT_BATCH, (key, "rendered" if run.dry_run else "routed", run_id))
     return key
+
+
+def drop_unkept_pdfs(run_id: int) -> int:
+    """Delete the PDFs of the run's letters that keep no archived copy, after they went out;
+    return how many. Safe to repeat: the file goes first, the row forgets it after."""
+    with db.transaction() as cur:
+        cur.execute(UNKEPT_PDFS, (run_id,))
+        unkept = cur.fetchall()
+    for letter_id, path in unkept:
+        archive.delete(path)  # already gone after an interrupted earlier attempt: fine
+        with db.transaction() as cur:
+            cur.execute(FORGET_PDF, (letter_id,))
+    if unkept:
+        log.info("run %s: %d PDFs not archived (their level keeps no copy)", run_id, len(unkept))
+    return len(unkept)
 
 
 def summarize(run_id: int) -> dict[str, Any]:

@@ -216,7 +216,8 @@ class RouteBatchOperator(_BatchStepOperator):
 
 class PrintBatchOperator(BaseOperator):
     """Merge the run's paper letters (a dry run: every rendered letter, for review) into one
-    archived PDF by partner number. Returns its archive key, None when there are none.
+    archived PDF by partner number, then drop the PDFs a level keeps no copy of. Returns the
+    batch's archive key, None when there are none.
 
     :param kind: the document kind (templated)
     :param erp_run: the run's id (templated)
@@ -233,7 +234,9 @@ class PrintBatchOperator(BaseOperator):
         from erpmail.documents import runs, summary
 
         with library_chatter_silenced():
-            return summary.print_batch(int(self.erp_run), runs.kind_named(self.kind).document)
+            key = summary.print_batch(int(self.erp_run), runs.kind_named(self.kind).document)
+        summary.drop_unkept_pdfs(int(self.erp_run))
+        return key
 
 
 class SummarizeRunOperator(BaseOperator):
