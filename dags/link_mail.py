@@ -2,13 +2,15 @@
 ### Link mail by hand
 
 Files one stored mail (or every copy of a Message-ID) against a partner, contact,
-project, case or letter, with method `manual`. An `unlinked` mail becomes `linked`; the
+project, case, letter or open item, with method `manual`. An `unlinked` mail becomes `linked`; the
 action is written to `mail.audit_log`.
 
 - `message`: the mail's id (`mail.messages.id`, as listed in the unlinked-mail alert) or
   its Message-ID.
 - `entity_type` and `number`: partner number (leading zeros count), project as
-  `12-3-1` / `12/3/1` / `12,3,1`, case (ticket) number, contact id or letter id.
+  `12-3-1` / `12/3/1` / `12,3,1`, case (ticket) number, contact id, letter id, or an open
+  item's document number (a mail linked to an open item is kept for the invoice legal
+  minimum). Digits are ASCII digits: `²` or `٣` are refused by the form.
 """
 
 from __future__ import annotations
@@ -31,19 +33,25 @@ with DAG(
             type="string",
             minLength=1,
             maxLength=1000,
-            description="The mail: its id in mail.messages, or its Message-ID.",
+            # an id in ASCII digits, or a Message-ID (with its @)
+            pattern=r"^\s*([0-9]+|<?[^<>\s@]+@[^<>\s]+>?)\s*$",
+            description="The mail: its id in mail.messages (digits 0-9), or its Message-ID.",
         ),
         "entity_type": Param(
             "partner",
             type="string",
-            enum=["partner", "contact", "project", "case", "letter"],
+            enum=["partner", "contact", "project", "case", "letter", "open_item"],
             description="What to link the mail to.",
         ),
         "number": Param(
             type="string",
             minLength=1,
             maxLength=100,
-            description="Partner number, project 12-3-1, case number, contact id or letter id.",
+            pattern=r"^\s*[A-Za-z0-9][A-Za-z0-9/.,_-]*\s*$",
+            description=(
+                "Partner number, project 12-3-1, case number, contact id, letter id or the"
+                " open item's document number (letters A-Z, digits 0-9, / . , _ -)."
+            ),
         ),
     },
 ) as dag:

@@ -126,10 +126,17 @@ def test_link_mail_links_by_hand(bag, seeded_db):
     assert failed.state == "failed"
 
 
-def test_link_mail_refuses_an_unknown_entity_type(bag):
+@pytest.mark.parametrize(
+    ("conf", "field"),
+    [
+        ({"message": "1", "entity_type": "customer", "number": "1"}, "customer"),
+        ({"message": "\u00b2", "entity_type": "letter", "number": "1"}, "\u00b2"),
+        ({"message": "1", "entity_type": "contact", "number": "\u00b2"}, "\u00b2"),
+        ({"message": "1", "entity_type": "letter", "number": "1\u0663"}, "1\u0663"),
+    ],
+)
+def test_link_mail_refuses_bad_params_at_trigger_time(bag, conf, field):
     from airflow.sdk.exceptions import ParamValidationError
 
-    with pytest.raises(ParamValidationError):
-        bag.get_dag("link_mail").test(
-            run_conf={"message": "1", "entity_type": "customer", "number": "1"}
-        )
+    with pytest.raises(ParamValidationError, match=field):
+        bag.get_dag("link_mail").test(run_conf=conf)

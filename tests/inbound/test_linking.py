@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+from email.message import EmailMessage
+
 import pytest
 
 from erpmail.inbound import linking
+from erpmail.inbound.importer import import_location
 from erpmail.inbound.linking import Link
+from erpmail.retention import policies, purge
 from tests import mailcorpus
+from tests.inbound.imapfolder import append, rows
 
-KEYWORDS = {"relnr": "partner", "Kundennummer": "partner", "project": "project", "vorgang": "case"}
+KEYWORDS = {
+    "relnr": "partner",
+    "Kundennummer": "partner",
+    "project": "project",
+    "vorgang": "case",
+    "rechnung": "open_item",
+}
 
 
 @pytest.mark.parametrize(
@@ -25,6 +37,8 @@ KEYWORDS = {"relnr": "partner", "Kundennummer": "partner", "project": "project",
         ("subproject 12-3-1", []),
         ("Vorgang T000003", [("case", ("T000003",))]),
         ("nothing here 000123", []),
+        ("Rechnung RE-2026-00017.", [("open_item", ("RE-2026-00017",))]),
+        ("rechnung: 2026/4711 und relnr 7", [("open_item", ("2026/4711",)), ("partner", ("7",))]),
     ],
 )
 def test_keyword_matches(subject, expected):
@@ -116,3 +130,82 @@ def test_link_manually_refuses_with_the_field_named(seeded_db, message, entity_t
     mail_id = _stored_mail(seeded_db)
     with seeded_db.cursor() as cur, pytest.raises(ValueError, match=error):
         linking.link_manually(cur, message.replace("MAIL", str(mail_id)), entity_type, number)
+
+
+def _mail(subject: str, sender: str, in_reply_to: str | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, "fibu@erp.example.com", subject
+    msg["Date"] = "Tue, 01 Dec 2026 09:00:00 +0100"
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    msg.set_content("Bitte prüfen.")
+    return msg.as_bytes()
+
+
+def test_the_import_links_open_items_and_retention_keeps_them_for_the_invoice_minimum(
+    seeded_db, mailbox, store
+):
+    facts = mailcorpus.facts(seeded_db)
+    letter_id, partner_id, letter_msgid = facts.letters[0]
+    with seeded_db.cursor() as cur:
+        cur.execute(
+            "SELECT id, doc_number FROM erp.open_items WHERE partner_id = %s ORDER BY id LIMIT 2",
+            (partner_id,),
+        )
+        items = cur.fetchall()
+        cur.execute(
+            "INSERT INTO erp.letter_items (letter_id, open_item_id, level, raised, days_overdue,"
+            " amount, currency) VALUES (%s, %s, 1, true, 10, 1.00, 'EUR')",
+            (letter_id, items[0][0]),
+        )
+    seeded_db.commit()
+    location = mailcorpus.add_location(
+        seeded_db,
+        "fibu",
+        "imap_test",
+        link_keywords={**mailcorpus.KEYWORDS, "rechnung": "open_item"},
+    )
+    uids = append(
+        [
+            _mail("Re: Zahlungserinnerung", "kunde@nowhere.example", letter_msgid),
+            _mail(f"Frage zu Rechnung {items[1][1].lower()}", "kunde@nowhere.example"),
+            _mail("Newsletter", "news@nowhere.example"),
+        ]
+    )
+    assert import_location(location).new == 3
+    links = {uid: {(t, i, m) for t, i, m in rows(seeded_db, LINKS_OF_UID, uid)} for uid in uids}
+    assert ("open_item", items[0][0], "reply") in links[uids[0]]
+    assert ("letter", letter_id, "reply") in links[uids[0]]
+    assert ("open_item", items[1][0], "keyword") in links[uids[1]]
+    assert not links[uids[2]]
+
+    # retention: past the general minimum only the mail about no invoice may go
+    with seeded_db.cursor() as cur:
+        policies.set_policy(cur, location="fibu", keep_days=30)
+    seeded_db.commit()
+    purge.run(seeded_db, dry_run=False, as_of=date.today() + timedelta(days=3000), actor="test")
+    assert sorted(u for (u,) in rows(seeded_db, "SELECT uid FROM mail.messages")) == uids[:2]
+    purge.run(seeded_db, dry_run=False, as_of=date.today() + timedelta(days=3700), actor="test")
+    assert rows(seeded_db, "SELECT count(*) FROM mail.messages") == [(0,)]
+
+
+LINKS_OF_UID = """
+SELECT l.entity_type, l.entity_id, l.method FROM mail.message_links l
+  JOIN mail.messages m ON m.id = l.message_id WHERE m.uid = %s"""
+
+
+def test_link_manually_takes_ascii_digits_only(seeded_db):
+    mail_id = _stored_mail(seeded_db)
+    with seeded_db.cursor() as cur:
+        with pytest.raises(ValueError, match="contact number '\u00b2'"):
+            linking.link_manually(cur, str(mail_id), "contact", "\u00b2")
+        with pytest.raises(ValueError, match="no stored mail"):
+            linking.link_manually(cur, "\u00b2", "partner", "000001")
+        cur.execute("SELECT doc_number, id FROM erp.open_items ORDER BY id LIMIT 1")
+        doc_number, item_id = cur.fetchone()
+        assert linking.link_manually(cur, str(mail_id), "open_item", doc_number) == [mail_id]
+        cur.execute(
+            "SELECT entity_type, entity_id, method FROM mail.message_links WHERE message_id = %s",
+            (mail_id,),
+        )
+        assert cur.fetchall() == [("open_item", item_id, "manual")]

@@ -1,8 +1,9 @@
-"""Which partner, contact, project, case or letter a received mail belongs to.
+"""Which partner, contact, project, case, letter or open item a received mail belongs to.
 
 Rules, in order: a reply to a mail erpmail sent (In-Reply-To / References), a keyword from
 the location's list followed by a number in the subject, a ticket number in the subject,
-the sender's address. A mail may link to several entities; each link keeps its method.
+the sender's address. A reply to a letter also links the open items the letter listed. A mail
+may link to several entities; each link keeps its method.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from dataclasses import dataclass
 
 from psycopg2.extras import execute_values
 
-ENTITY_TYPES = ("partner", "contact", "project", "case", "letter")
-KEYWORD_TYPES = ("partner", "project", "case", "letter")
+ENTITY_TYPES = ("partner", "contact", "project", "case", "letter", "open_item")
+KEYWORD_TYPES = ("partner", "project", "case", "letter", "open_item")
 # Ticket numbers as the ERP and erpmail hand them out: T and at least six digits.
 TICKET_NUMBER = re.compile(r"(?<![A-Za-z0-9])(T\d{6,})(?![A-Za-z0-9])", re.IGNORECASE)
 _PROJECT_NUMBER = r"(\d+)(?:[-/,](\d+))?(?:[-/,](\d+))?(?![\d])"
 _PLAIN_NUMBER = r"([A-Za-z]{0,4}\d+)(?![A-Za-z0-9])"
+# document numbers as ERPs print them: RE-2026-00017, 2026/4711, INV.88
+_DOCUMENT_NUMBER = r"([A-Za-z0-9](?:[A-Za-z0-9/._-]*[0-9])?)(?![A-Za-z0-9])"
 _SEPARATOR = r"[\s.:#=-]{0,3}"
 
 REPLIED_OUTBOX = """
@@ -53,6 +56,11 @@ WHERE lower(email) = ANY(%(addrs)s)"""
 PARTNERS_BY_NUMBERS = "SELECT number, id FROM erp.partners WHERE number = ANY(%s) ORDER BY id"
 CASES_BY_NUMBERS = "SELECT upper(number), id FROM erp.cases WHERE upper(number) = ANY(%s)"
 LETTERS_BY_IDS = "SELECT id, partner_id FROM erp.letters WHERE id = ANY(%s)"
+OPEN_ITEMS_BY_NUMBERS = """
+SELECT upper(doc_number), id FROM erp.open_items WHERE upper(doc_number) = ANY(%s) ORDER BY id"""
+LETTER_OPEN_ITEMS = """
+SELECT letter_id, open_item_id FROM erp.letter_items WHERE letter_id = ANY(%s)
+ ORDER BY letter_id, open_item_id"""
 INSERT_LINKS = """
 INSERT INTO mail.message_links (message_id, entity_type, entity_id, method) VALUES %s
 ON CONFLICT DO NOTHING"""
@@ -83,7 +91,9 @@ def keyword_matches(subject: str, keywords: Mapping[str, str]) -> list[tuple[str
     for keyword, entity_type in keywords.items():
         if entity_type not in KEYWORD_TYPES or not keyword.strip():
             continue
-        number = _PROJECT_NUMBER if entity_type == "project" else _PLAIN_NUMBER
+        number = {"project": _PROJECT_NUMBER, "open_item": _DOCUMENT_NUMBER}.get(
+            entity_type, _PLAIN_NUMBER
+        )
         pattern = rf"(?<![^\W_]){re.escape(keyword.strip())}{_SEPARATOR}{number}"
         for match in re.finditer(pattern, subject, re.IGNORECASE):
             parts = tuple(p for p in match.groups() if p is not None)
@@ -105,11 +115,13 @@ def resolve(cur, entity_type: str, parts: tuple[str, ...]) -> list[tuple[str, in
         cur.execute(CASE_BY_NUMBER, (parts[0],))
         return [("case", row[0]) for row in cur.fetchall()]
     if entity_type == "letter":
-        if not parts[0].isdigit():
+        if not (parts[0].isascii() and parts[0].isdigit()):
             return []
         cur.execute(LETTER_BY_ID, (int(parts[0]),))
         row = cur.fetchone()
         return [("letter", row[0]), ("partner", row[1])] if row else []
+    if entity_type == "open_item":
+        return _resolve_many(cur, {("open_item", parts)})[("open_item", parts)]
     if entity_type == "project":
         number, sub, phase = (*parts, "", "")[:3]
         cur.execute(PROJECT_EXACT, (number, sub, phase))
@@ -173,6 +185,16 @@ def find_links_many(
         cases: dict[str, list[int]] = {}
         for message_id, case_id in cur.fetchall():
             cases.setdefault(message_id, []).append(case_id)
+        listed = letter_open_items(
+            cur, [i for found in replied.values() for t, i in found if t == "letter"]
+        )
+        for found in replied.values():
+            found.extend(
+                ("open_item", item)
+                for t, letter_id in list(found)
+                if t == "letter"
+                for item in listed.get(letter_id, ())
+            )
     matches = [keyword_matches(m.subject, keywords) for m in mails]
     tickets = [ticket_numbers(m.subject) for m in mails]
     numbers = _resolve_many(
@@ -227,7 +249,7 @@ def _resolve_many(
     out: dict[tuple[str, tuple[str, ...]], list[tuple[str, int]]] = {k: [] for k in wanted}
     by_type: dict[str, list[str]] = {}
     for entity_type, parts in wanted:
-        if entity_type in ("partner", "case", "letter"):
+        if entity_type in ("partner", "case", "letter", "open_item"):
             by_type.setdefault(entity_type, []).append(parts[0])
         else:
             out[(entity_type, parts)] = resolve(cur, entity_type, parts)
@@ -244,7 +266,7 @@ def _resolve_many(
         for number, key in upper.items():
             out[("case", (number,))] = [("case", i) for i in found.get(key, ())]
     if by_type.get("letter"):
-        typed = {n: int(n) for n in by_type["letter"] if n.isdigit()}
+        typed = {n: int(n) for n in by_type["letter"] if n.isascii() and n.isdigit()}
         if typed:
             cur.execute(LETTERS_BY_IDS, (sorted(set(typed.values())),))
             letters = {row[0]: row[1] for row in cur.fetchall()}
@@ -252,7 +274,26 @@ def _resolve_many(
                 if letter_id in letters:
                     found_letter = [("letter", letter_id), ("partner", letters[letter_id])]
                     out[("letter", (number,))] = found_letter
+    if by_type.get("open_item"):
+        upper = {n: n.upper() for n in by_type["open_item"]}
+        cur.execute(OPEN_ITEMS_BY_NUMBERS, (sorted(set(upper.values())),))
+        items: dict[str, list[int]] = {}
+        for number, entity_id in cur.fetchall():
+            items.setdefault(number, []).append(entity_id)
+        for number, key in upper.items():
+            out[("open_item", (number,))] = [("open_item", i) for i in items.get(key, ())]
     return out
+
+
+def letter_open_items(cur, letter_ids: Iterable[int]) -> dict[int, list[int]]:
+    """The open items each letter listed (erp.letter_items), by letter id."""
+    ids = sorted(set(letter_ids))
+    found: dict[int, list[int]] = {}
+    if ids:
+        cur.execute(LETTER_OPEN_ITEMS, (ids,))
+        for letter_id, item_id in cur.fetchall():
+            found.setdefault(letter_id, []).append(item_id)
+    return found
 
 
 def store_links(cur, message_row_id: int, links: Iterable[Link]) -> int:
@@ -292,7 +333,7 @@ def link_manually(
     if entity_type not in ENTITY_TYPES:
         raise ValueError(f"entity type {entity_type!r}: expected one of {', '.join(ENTITY_TYPES)}")
     text = message.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "²".isdigit() is true, and int() refuses it
         cur.execute(MESSAGES_BY_ID, (int(text),))
     else:
         cur.execute(MESSAGES_BY_MESSAGE_ID, (text if text.startswith("<") else f"<{text}>",))
@@ -300,7 +341,7 @@ def link_manually(
     if not mails:
         raise ValueError(f"message {message!r}: no stored mail with this id or Message-ID")
     if entity_type == "contact":
-        if not number.strip().isdigit():
+        if not (number.strip().isascii() and number.strip().isdigit()):
             raise ValueError(f"contact number {number!r}: expected the contact's id")
         cur.execute(CONTACT_BY_ID, (int(number),))
         row = cur.fetchone()
