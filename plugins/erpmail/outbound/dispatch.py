@@ -25,6 +25,7 @@ from erpmail.core.progress import Progress
 from erpmail.outbound import outbox
 from erpmail.outbound.accounts import Account, account_by_name, list_accounts, warn_if_fast
 from erpmail.outbound.outbox import OutboxMessage, RetryPolicy
+from erpmail.outbound.sentarchive import archive_sent
 from erpmail.outbound.sentfolder import file_pending_copies
 from erpmail.outbound.smtp import SmtpAccountError, SmtpDropped, SmtpHook, SmtpSession
 
@@ -56,6 +57,7 @@ class Summary:
     reclaimed: int = 0
     copies_done: int = 0
     copies_failed: int = 0
+    archived: int = 0
     throttle_waits: int = 0
     account_errors: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -331,6 +333,7 @@ def dispatch(
         done, failed = file_pending_copies(conn, list(by_id.values()), deadline)
         summary.copies_done += done
         summary.copies_failed += failed
+        summary.archived += _archive_sent(conn, deadline)
     finally:
         sessions.close()
         summary.released += claimer.close()
@@ -411,6 +414,23 @@ def _send_batch(
         if account.throttled:
             # verdicts committed before the next claim, so the throttle counts from them
             recorder.flush()
+
+
+def _archive_sent(conn, deadline: float) -> int:
+    """Archive the sent mails as mail until done or ``deadline``; a failure waits for the next
+    run (the mail is sent; only its archived copy is late)."""
+    archived = 0
+    try:
+        while True:  # one batch at least, so a run that used its budget still makes progress
+            done = archive_sent(conn)
+            archived += done
+            if not done or time.monotonic() >= deadline:
+                break
+    except Exception as exc:
+        log.error(
+            "archiving sent mail failed, the next run retries: %s: %s", type(exc).__name__, exc
+        )
+    return archived
 
 
 def _log_progress(
