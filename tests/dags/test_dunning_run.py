@@ -13,6 +13,7 @@ import psycopg2.extensions
 import pytest
 
 from erpmail.core import archive, db
+from erpmail.retention import policies, purge
 from tests.dags import dagtest
 from tests.partners import open_item, remake_partner
 from tests.pdftext import pdf_text
@@ -240,7 +241,7 @@ def test_each_batch_is_routed_after_its_own_render_and_before_the_print_batch(ai
 
 
 @pytest.mark.timeout(900)
-def test_a_level_without_the_archive_flag_sends_and_prints_but_keeps_no_pdf(
+def test_a_real_run_honours_the_archive_flag_and_archives_sent_mail_for_retention(
     setup, tmp_path
 ) -> None:
     conn, server = setup
@@ -282,3 +283,54 @@ def test_a_level_without_the_archive_flag_sends_and_prints_but_keeps_no_pdf(
     rerun = dagtest.dag("dunning_run").test(run_conf=CONF, logical_date=when, run_after=when)
     assert (rerun.run_id, rerun.state) == (dr.run_id, "success")
     assert f"{run_id}-000005" in pdf_text(archive.read(summary["print_batch"]))
+
+    # each sent mail has one home: its .eml in the store, a direction-out row, linked to its
+    # letter, partner and the letter's open items (the dispatcher wrote them)
+    sent = dagtest.rows(
+        conn,
+        "SELECT m.id, m.eml_path, o.message_id, l.id, l.partner_id,"
+        " (SELECT array_agg(li.open_item_id ORDER BY li.open_item_id) FROM erp.letter_items li"
+        "   WHERE li.letter_id = l.id)"
+        " FROM mail.messages m JOIN mail.outbox o ON o.id = m.outbox_id"
+        " JOIN erp.letters l ON l.outbox_id = o.id WHERE m.direction = 'out' AND l.run_id = %s",
+        run_id,
+    )
+    # (a level that keeps no archived copy gets none of the sent mail either)
+    kept_sent = [n for n, (_, status, keep, _) in letters.items() if status == "sent" and keep]
+    assert len(sent) == len(kept_sent) > 0
+    assert dagtest.rows(
+        conn, "SELECT count(*) FROM mail.outbox WHERE sent_archived_at IS NULL"
+    ) == [(sum(1 for _, status, *_ in letters.values() if status != "sent" and status != "paper"),)]
+    received = {
+        email.message_from_bytes(m.data, policy=policy.default)["Message-ID"]: m.data
+        for m in server.messages
+    }
+    for mail_id, path, message_id, letter_id, partner_id, items in sent:
+        assert archive.read(path).replace(b"\r\n", b"\n") in received[message_id].replace(
+            b"\r\n", b"\n"
+        )
+        links = dagtest.rows(
+            conn,
+            "SELECT entity_type, entity_id FROM mail.message_links WHERE message_id = %s"
+            " ORDER BY 1, 2",
+            mail_id,
+        )
+        assert links == sorted(
+            [("letter", letter_id), ("partner", partner_id)] + [("open_item", i) for i in items]
+        )
+    # retention: past the general minimum the invoice minimum keeps them; past it they go
+    with db.transaction(conn) as cur:
+        policies.set_policy(cur, location=None, keep_days=30)
+    kept = purge.run(conn, dry_run=False, as_of=TODAY + timedelta(days=3000), actor="test")
+    assert dagtest.rows(conn, "SELECT count(*) FROM mail.messages WHERE direction = 'out'") == [
+        (len(sent),)
+    ], kept
+    # and the outbox, past its own 30 days, keeps no bytes of what is sent (archived) or failed
+    outbox_rows = dagtest.rows(conn, "SELECT status, length(mime), mime_purged_at FROM mail.outbox")
+    assert outbox_rows and all(n == 0 and at for _, n, at in outbox_rows), outbox_rows
+    assert kept["outbox_bytes_cleared"] == len(outbox_rows)
+    purge.run(conn, dry_run=False, as_of=TODAY + timedelta(days=3700), actor="test")
+    assert dagtest.rows(conn, "SELECT count(*) FROM mail.messages WHERE direction = 'out'") == [
+        (0,)
+    ]
+    assert not any(archive.exists(path) for _, path, *_ in sent)

@@ -47,7 +47,7 @@ UNKEPT_PDFS = """
 SELECT l.id, l.pdf_path FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id
  WHERE l.run_id = %s AND NOT r.dry_run AND NOT l.keep_pdf AND l.pdf_path IS NOT NULL
    AND l.status IN ('released', 'sent', 'paper', 'failed')"""
-FORGET_PDF = "UPDATE erp.letters SET pdf_path = NULL, updated_at = now() WHERE id = %s"
+FORGET_PDFS = "UPDATE erp.letters SET pdf_path = NULL, updated_at = now() WHERE id = ANY(%s)"
 FINISH_RUN = """
 UPDATE erp.runs SET summary = %s, status = 'done', finished_at = coalesce(finished_at, now())
  WHERE id = %s"""
@@ -88,14 +88,13 @@ def print_batch(run_id: int, document: str) -> str | None:
 
 def drop_unkept_pdfs(run_id: int) -> int:
     """Delete the PDFs of the run's letters that keep no archived copy, after they went out;
-    return how many. Safe to repeat: the file goes first, the row forgets it after."""
+    return how many."""
     with db.transaction() as cur:
         cur.execute(UNKEPT_PDFS, (run_id,))
         unkept = cur.fetchall()
-    for letter_id, path in unkept:
-        archive.delete(path)  # already gone after an interrupted earlier attempt: fine
-        with db.transaction() as cur:
-            cur.execute(FORGET_PDF, (letter_id,))
+        cur.execute(FORGET_PDFS, ([letter_id for letter_id, _ in unkept],))
+    # rows first: a crash now leaves files without a row, never a row naming a missing file
+    archive.delete_many(path for _, path in unkept)
     if unkept:
         log.info("run %s: %d PDFs not archived (their level keeps no copy)", run_id, len(unkept))
     return len(unkept)

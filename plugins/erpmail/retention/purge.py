@@ -28,6 +28,7 @@ import psycopg2.extensions
 
 from erpmail.core import clock, db, locks
 from erpmail.core.progress import Progress
+from erpmail.retention import outbox_bytes
 from erpmail.retention.deletions import FileRemoval, remove_unshared, settle, sweep_pending
 from erpmail.retention.policies import Cutoffs, Policy, cutoffs, policies
 
@@ -306,6 +307,7 @@ def run(
     own = conn is None
     conn = conn or db.connect()
     started = time.monotonic()
+    outbox_cleared = 0
     try:
         with db.transaction(conn) as cur:
             chosen = policies(cur, location)
@@ -331,6 +333,8 @@ def run(
                 )
                 for p in chosen
             ]
+            if location is None:  # the outbox's bytes go with the whole run, not one location
+                outbox_cleared = outbox_bytes.clear(conn, as_of, dry_run=dry_run)
         finally:
             with db.transaction(conn) as cur:
                 cur.execute(RELEASE_RUN_LOCK, (RUN_LOCK_KEY,))
@@ -347,6 +351,7 @@ def run(
         "swept": asdict(swept),
         "policies": [asdict(r) for r in results],
         "months": [m for r in results for m in r.months],
+        "outbox_bytes_cleared": outbox_cleared,
         "seconds": round(time.monotonic() - started, 3),
     }
     log.info("%s", format_summary(summary))
