@@ -39,6 +39,8 @@ KEYWORDS = {
         ("nothing here 000123", []),
         ("Rechnung RE-2026-00017.", [("open_item", ("RE-2026-00017",))]),
         ("rechnung: 2026/4711 und relnr 7", [("open_item", ("2026/4711",)), ("partner", ("7",))]),
+        ("Rechnung a folgt", []),
+        ("Rechnung 88A, bitte", [("open_item", ("88A",))]),
     ],
 )
 def test_keyword_matches(subject, expected):
@@ -132,13 +134,15 @@ def test_link_manually_refuses_with_the_field_named(seeded_db, message, entity_t
         linking.link_manually(cur, message.replace("MAIL", str(mail_id)), entity_type, number)
 
 
-def _mail(subject: str, sender: str, in_reply_to: str | None = None) -> bytes:
+def _mail(
+    subject: str, sender: str, in_reply_to: str | None = None, text: str = "Bitte prüfen."
+) -> bytes:
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, "fibu@erp.example.com", subject
     msg["Date"] = "Tue, 01 Dec 2026 09:00:00 +0100"
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
-    msg.set_content("Bitte prüfen.")
+    msg.set_content(text)
     return msg.as_bytes()
 
 
@@ -169,22 +173,25 @@ def test_the_import_links_open_items_and_retention_keeps_them_for_the_invoice_mi
         [
             _mail("Re: Zahlungserinnerung", "kunde@nowhere.example", letter_msgid),
             _mail(f"Frage zu Rechnung {items[1][1].lower()}", "kunde@nowhere.example"),
-            _mail("Newsletter", "news@nowhere.example"),
+            _mail("Newsletter", "news@nowhere.example", text="Rechnung folgt, Kundennummer 1"),
+            _mail("Frage", "kunde@nowhere.example", text=f"zu Ihrer Rechnung {items[1][1]} ..."),
         ]
     )
-    assert import_location(location).new == 3
+    assert import_location(location).new == 4
     links = {uid: {(t, i, m) for t, i, m in rows(seeded_db, LINKS_OF_UID, uid)} for uid in uids}
     assert ("open_item", items[0][0], "reply") in links[uids[0]]
     assert ("letter", letter_id, "reply") in links[uids[0]]
     assert ("open_item", items[1][0], "keyword") in links[uids[1]]
-    assert not links[uids[2]]
+    assert not links[uids[2]]  # "Rechnung folgt": no number; partner keywords: subject only
+    assert ("open_item", items[1][0], "keyword") in links[uids[3]]
 
     # retention: past the general minimum only the mail about no invoice may go
     with seeded_db.cursor() as cur:
         policies.set_policy(cur, location="fibu", keep_days=30)
     seeded_db.commit()
     purge.run(seeded_db, dry_run=False, as_of=date.today() + timedelta(days=3000), actor="test")
-    assert sorted(u for (u,) in rows(seeded_db, "SELECT uid FROM mail.messages")) == uids[:2]
+    kept = sorted(u for (u,) in rows(seeded_db, "SELECT uid FROM mail.messages"))
+    assert kept == [uids[0], uids[1], uids[3]]
     purge.run(seeded_db, dry_run=False, as_of=date.today() + timedelta(days=3700), actor="test")
     assert rows(seeded_db, "SELECT count(*) FROM mail.messages") == [(0,)]
 

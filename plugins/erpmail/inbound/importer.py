@@ -179,6 +179,7 @@ def _insert(
         in_reply_to=parsed.in_reply_to,
         references=parsed.references,
         keywords=location.link_keywords,
+        body=parsed.body_text,
     )
     # a mail in a ticket location always ends up with its case
     linked = links or (location.ticket_enabled and not parsed.malformed)

@@ -1,7 +1,7 @@
 """Which partner, contact, project, case, letter or open item a received mail belongs to.
 
 Rules, in order: a reply to a mail erpmail sent (In-Reply-To / References), a keyword from
-the location's list followed by a number in the subject, a ticket number in the subject,
+the location's list followed by a number in the subject (for open items: or in the text), a ticket number in the subject,
 the sender's address. A reply to a letter also links the open items the letter listed. A mail
 may link to several entities; each link keeps its method.
 """
@@ -17,12 +17,16 @@ from psycopg2.extras import execute_values
 
 ENTITY_TYPES = ("partner", "contact", "project", "case", "letter", "open_item")
 KEYWORD_TYPES = ("partner", "project", "case", "letter", "open_item")
+BODY_SEARCH_CHARS = 20_000  # a reply's own words come first; quoted history may follow
 # Ticket numbers as the ERP and erpmail hand them out: T and at least six digits.
 TICKET_NUMBER = re.compile(r"(?<![A-Za-z0-9])(T\d{6,})(?![A-Za-z0-9])", re.IGNORECASE)
 _PROJECT_NUMBER = r"(\d+)(?:[-/,](\d+))?(?:[-/,](\d+))?(?![\d])"
 _PLAIN_NUMBER = r"([A-Za-z]{0,4}\d+)(?![A-Za-z0-9])"
 # document numbers as ERPs print them: RE-2026-00017, 2026/4711, INV.88
-_DOCUMENT_NUMBER = r"([A-Za-z0-9](?:[A-Za-z0-9/._-]*[0-9])?)(?![A-Za-z0-9])"
+# (one digit at least; starts and ends with a letter or digit)
+_DOCUMENT_NUMBER = (
+    r"((?=[A-Za-z0-9/._-]*[0-9])[A-Za-z0-9](?:[A-Za-z0-9/._-]*[A-Za-z0-9])?)(?![A-Za-z0-9])"
+)
 _SEPARATOR = r"[\s.:#=-]{0,3}"
 
 REPLIED_OUTBOX = """
@@ -145,6 +149,7 @@ class LinkQuery:
     from_address: str | None
     in_reply_to: str | None
     references: Sequence[str]
+    body: str = ""  # the text part: searched for open items' document numbers only
 
 
 def find_links(
@@ -155,9 +160,10 @@ def find_links(
     in_reply_to: str | None,
     references: Iterable[str],
     keywords: Mapping[str, str],
+    body: str | None = None,
 ) -> list[Link]:
     """Every link the rules find for one mail, first rule first, without repeats."""
-    query = LinkQuery(subject, from_address, in_reply_to, list(references))
+    query = LinkQuery(subject, from_address, in_reply_to, list(references), body or "")
     return find_links_many(cur, [query], keywords)[0]
 
 
@@ -195,7 +201,14 @@ def find_links_many(
                 if t == "letter"
                 for item in listed.get(letter_id, ())
             )
-    matches = [keyword_matches(m.subject, keywords) for m in mails]
+    # an invoice's number is often in the text only ("Ihre Rechnung RE-17 vom ..."); the other
+    # kinds stay with the subject, where a number means what it says
+    invoices = {k: t for k, t in keywords.items() if t == "open_item"}
+    matches = [
+        keyword_matches(m.subject, keywords)
+        + (keyword_matches(m.body[:BODY_SEARCH_CHARS], invoices) if m.body and invoices else [])
+        for m in mails
+    ]
     tickets = [ticket_numbers(m.subject) for m in mails]
     numbers = _resolve_many(
         cur,

@@ -280,7 +280,11 @@ def store_chunk(
         cur,
         [
             linking.LinkQuery(
-                m.parsed.subject, m.parsed.from_address, m.parsed.in_reply_to, m.parsed.references
+                m.parsed.subject,
+                m.parsed.from_address,
+                m.parsed.in_reply_to,
+                m.parsed.references,
+                m.parsed.body_text or "",
             )
             for m in fresh
         ],
