@@ -308,6 +308,21 @@ def test_dunning_run_renders_on_two_workers_and_every_letter_is_sent_once(deploy
         email.message_from_bytes(m.data)["Message-ID"] for m in deployment.smtp.messages
     )
     assert arrived == Counter({f"<{mid.strip('<>')}>": 1 for (mid,) in sent})
+    # and each one is archived as mail, once, by the dispatcher that sent it
+    deployment.wait(
+        "every sent letter archived as mail",
+        lambda: (
+            deployment.rows(
+                "SELECT count(*), count(DISTINCT m.outbox_id) FROM mail.messages m"
+                " JOIN erp.letters l ON l.outbox_id = m.outbox_id JOIN erp.runs r ON r.id = l.run_id"
+                " WHERE r.airflow_run_id = %s AND m.direction = 'out'",
+                run_id,
+            )
+            == [(len(sent), len(sent))]
+        ),
+        timeout=120,
+        every=5,
+    )
     scheduled = [r for r in deployment.runs("outbox_dispatch") if r["run_type"] == "scheduled"]
     assert scheduled and all(r["state"] in ("success", "running", "queued") for r in scheduled)
 
@@ -330,7 +345,7 @@ def test_backfill_imports_exactly_the_missing_mail(deployment):
                 client.append("INBOX", simple(100 + n), msg_time=window + timedelta(minutes=7 * n))
             client.append("INBOX", simple(200), msg_time=window - timedelta(hours=3))
         importer.import_location(location)
-    assert deployment.rows("SELECT count(*) FROM mail.messages") == [(7,)]
+    assert deployment.rows("SELECT count(*) FROM mail.messages WHERE direction = 'in'") == [(7,)]
     # lose three mails of the window and one outside it, as if the database were restored
     deployment.rows(
         "DELETE FROM mail.messages WHERE subject IN ('Mail 101', 'Mail 102', 'Mail 105', "
@@ -366,7 +381,9 @@ def test_backfill_imports_exactly_the_missing_mail(deployment):
     assert sorted(r["data_interval_start"][:19] for r in runs) == [
         (start + timedelta(minutes=15 * n)).strftime("%Y-%m-%dT%H:%M:%S") for n in range(3)
     ]
-    subjects = sorted(s for (s,) in deployment.rows("SELECT subject FROM mail.messages"))
+    subjects = sorted(
+        s for (s,) in deployment.rows("SELECT subject FROM mail.messages WHERE direction = 'in'")
+    )
     assert subjects == [f"Mail {n}" for n in range(100, 106)]  # Mail 200 was outside
 
 
