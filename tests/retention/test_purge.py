@@ -4,6 +4,7 @@ cut-off day, legal holds, the dry run's report, scheduled runs, progress and the
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from datetime import date, timedelta
@@ -105,7 +106,7 @@ def test_dry_run_reports_per_location_and_month_and_deletes_nothing(db, store, c
     ]
     assert summary["months"][0]["bytes"] == sales_sizes[1]  # the held one is first
     assert summary["months"][1]["bytes"] == sales_sizes[2] + sales_sizes[3]
-    assert all(r["action"] == "retention_dry_run" for r in audit_rows(db))
+    assert audit_rows(db) == []  # a dry run writes nothing, its report included
     table = purge.format_months(summary["months"])
     assert "sales     2026-02           2" in table
     assert table in caplog.text
@@ -244,3 +245,43 @@ def test_summary_reads_like_a_report():
     assert "sales: deleted 1,200 mails (5.0 MB) archived before 2026-02-13" in text
     assert "sent: keeps everything" in text
     json.dumps(summary)
+
+
+def _dump(db_url: str) -> list[str]:
+    """Schema and data; without pg_dump's per-dump random \\restrict key."""
+    out = subprocess.run(
+        ["pg_dump", "--no-owner", "--inserts", db_url], check=True, capture_output=True, text=True
+    ).stdout
+    return [
+        line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
+    ]
+
+
+def _files(store) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+
+
+def test_a_dry_run_changes_nothing_even_with_a_crashed_purge_left_over(db, db_url, store):
+    location = add_location(db, "sales")
+    add_policy(db, "sales", keep_days=30)
+    add_policy(db, None, keep_days=30)
+    for days in (10, 40, 400):
+        add_mail(db, location, days)
+    add_mail(db, None, 400, direction="out", invoice_link=True)
+    leftover = archive.store("mail/sales/leftover.eml", b"left by a purge that died")
+    with transaction(db) as cur:  # what a purge killed after its commit leaves behind
+        cur.execute(
+            "INSERT INTO mail.retention_pending_deletions (run_id, keys) VALUES ('dead', %s)",
+            ([leftover],),
+        )
+        cur.execute(
+            "INSERT INTO mail.audit_log (actor, action, subject, details) VALUES"
+            " ('x', 'retention_purge', 'policy', '{\"status\": \"running\"}')"
+        )
+    before, files = _dump(db_url), _files(store)
+
+    summary = purge_now(db, dry_run=True, as_of=AS_OF)
+
+    assert sum(p["mails"] for p in summary["policies"]) == 3  # it did report
+    assert _dump(db_url) == before
+    assert _files(store) == files

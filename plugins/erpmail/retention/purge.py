@@ -294,9 +294,10 @@ def run(
     as_of: date | None = None,
     batch_size: int = BATCH_SIZE,
 ) -> dict[str, Any]:
-    """Sweep leftover files, then purge (or, dry, report) every policy or just ``location``.
+    """Sweep leftover files, then purge every policy or just ``location``; a dry run only
+    reports, and changes nothing (no sweep, no audit row, no outbox bytes cleared).
 
-    Writes one audit row per policy. Returns a JSON-ready summary: per policy its cut-offs and
+    A real run writes one audit row per policy. Returns a JSON-ready summary: per policy its cut-offs and
     counts, and for a dry run the months that would go. ValueError for a bad request.
     """
     reason = check_request(force=force, force_reason=force_reason)
@@ -314,11 +315,13 @@ def run(
         with db.transaction(conn) as cur:
             cur.execute(TAKE_RUN_LOCK, (RUN_LOCK_WAIT, RUN_LOCK_KEY))
         try:
-            with db.transaction(conn) as cur:
-                cur.execute(MARK_INTERRUPTED)
-                for (audit_id,) in cur.fetchall():
-                    log.warning("retention: run of audit row %s was interrupted", audit_id)
-            swept = sweep_pending(conn)
+            swept = FileRemoval()
+            if not dry_run:  # a dry run changes nothing: the leftovers wait for a real run
+                with db.transaction(conn) as cur:
+                    cur.execute(MARK_INTERRUPTED)
+                    for (audit_id,) in cur.fetchall():
+                        log.warning("retention: run of audit row %s was interrupted", audit_id)
+                swept = sweep_pending(conn)
             results = [
                 _run_policy(
                     conn,
@@ -401,7 +404,7 @@ def _run_policy(
         "attachments": 0,
         "bytes_freed": 0,
     }
-    action = "retention_dry_run" if dry_run else "retention_purge"
+    action = "retention_purge"
     subject = f"retention policy {policy.id} ({policy.label})"
     started = time.monotonic()
     with db.transaction(conn) as cur:
@@ -410,12 +413,12 @@ def _run_policy(
         elif cut is not None:  # what will go, and what the legal minimum and holds keep
             cur.execute(COUNT_CANDIDATES[policy.scope], _params(policy, cut))
             result.mails, result.on_hold, result.under_legal_minimum = cur.fetchone()
+    if dry_run:  # reported in the task log and the run's summary, written nowhere
+        return result
     with db.transaction(conn) as cur:
-        if dry_run:
-            details.update(mails=result.mails, bytes_freed=0, would_free_bytes=result.bytes)
         cur.execute(INSERT_AUDIT, (actor, action, subject, _json(details)))
         audit_id = cur.fetchone()[0]
-    if cut is not None and not dry_run:
+    if cut is not None:
         expected, result.mails = result.mails, 0
         _purge_policy(
             conn,
