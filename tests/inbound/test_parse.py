@@ -58,12 +58,26 @@ def test_decoded_headers_bodies_and_attachments():
         ("...", "fallback.bin"),
         ("", "fallback.bin"),
         ('a<b>:c"|?*.pdf', "a_b__c____.pdf"),
-        ("x" * 300 + ".pdf", "x" * 116 + ".pdf"),
+        ("x" * 300 + ".pdf", "x" * 196 + ".pdf"),
         ("Größe März.pdf", "Größe März.pdf"),
+        ("Scan vom 10.03.2024 um 09.15", "Scan vom 10.03.2024 um 09.15"),
+        # capped in bytes at a character boundary: 2-byte Cyrillic, 3-byte CJK, 4-byte emoji
+        ("Счёт" * 40 + ".pdf", ("Счёт" * 40)[:98] + ".pdf"),
+        ("請求書" * 50 + ".pdf", ("請求書" * 50)[:65] + ".pdf"),
+        ("\U0001f4c4" * 60, "\U0001f4c4" * 50),
     ],
 )
 def test_sanitize_filename(name, safe):
     assert parse.sanitize_filename(name, "fallback.bin") == safe
+    assert len(safe.encode()) <= parse.MAX_FILENAME_BYTES
+
+
+def test_a_second_long_name_stays_within_the_byte_cap():
+    taken: set[str] = set()
+    name = parse.sanitize_filename("Счёт" * 40 + ".pdf", "x")
+    first, second = parse.unique_name(name, taken), parse.unique_name(name, taken)
+    assert first == name and second.endswith(" (2).pdf") and second != first
+    assert len(second.encode()) <= parse.MAX_FILENAME_BYTES
 
 
 def test_large_base64_attachment_decodes_in_slices():

@@ -37,7 +37,10 @@ DECODE_CHUNK = 1024 * 1024
 MAX_DEPTH = 100  # MIME nesting beyond this is kept in the raw .eml only
 MAX_SUBJECT_CHARS = 2000
 MAX_BODY_CHARS = 1_000_000  # the full body stays in the .eml; the row holds a searchable part
-MAX_FILENAME_CHARS = 120
+# A file name in bytes (UTF-8): the store's temp name adds 38 (".", ".<32 hex>.tmp") and a
+# second attachment of the same name " (NN)"; 255 is the usual file-system limit.
+MAX_FILENAME_BYTES = 200
+MAX_EXTENSION_CHARS = 16
 MAX_ADDRESSES = 500
 MAX_REFERENCES = 100
 SINGLE_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "in-reply-to")
@@ -142,11 +145,20 @@ def sanitize_filename(name: str | None, fallback: str) -> str:
     name = _DOTS.sub(".", _UNSAFE_NAME.sub("_", name)).strip(" .")
     if not name:
         name = fallback
-    if len(name) > MAX_FILENAME_CHARS:
-        stem, dot, ext = name.rpartition(".")
-        ext = ext[:16] if dot and stem else ""
-        name = name[: MAX_FILENAME_CHARS - len(ext) - 1].rstrip(" .") + ("." + ext if ext else "")
-    return name
+    if len(name.encode()) <= MAX_FILENAME_BYTES:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not (dot and stem):
+        stem, ext = name, ""
+    return capped_name(stem, ext[:MAX_EXTENSION_CHARS])
+
+
+def capped_name(stem: str, ext: str, limit: int = MAX_FILENAME_BYTES) -> str:
+    """``stem.ext`` within ``limit`` bytes of UTF-8, cut at a character, never in the extension."""
+    suffix = f".{ext}" if ext else ""
+    room = limit - len(suffix.encode())
+    cut = stem.encode()[:room].decode("utf-8", "ignore").rstrip(" .")
+    return (cut or "_") + suffix
 
 
 def unique_name(name: str, taken: set[str]) -> str:
@@ -159,7 +171,8 @@ def unique_name(name: str, taken: set[str]) -> str:
         stem, ext = name, ""
     n = 2
     while True:
-        candidate = f"{stem} ({n}){'.' + ext if ext else ''}"
+        suffix = f" ({n}).{ext}" if ext else f" ({n})"
+        candidate = capped_name(stem, "", MAX_FILENAME_BYTES - len(suffix.encode())) + suffix
         if candidate.lower() not in taken:
             taken.add(candidate.lower())
             return candidate
