@@ -1,5 +1,6 @@
 """The ``erpmail`` command: ``erpmail db migrate``, ``erpmail seed``, ``erpmail account
-add/list`` and ``erpmail location add/list``.
+add/list``, ``erpmail location add/list``, ``erpmail mail failed/retry`` and ``erpmail
+archive check``.
 
 Accounts and import locations name Airflow connections; the rows never hold a host login
 or password, those stay in the connection.
@@ -45,6 +46,14 @@ SELECT l.name, l.conn_id, l.folder, l.after_import, l.move_to, l.link_keywords, 
   LEFT JOIN mail.accounts a ON a.id = l.autoreply_account_id
   LEFT JOIN mail.retention_policies p ON p.location_id = l.id
  ORDER BY l.name"""
+
+
+FAILED_MAILS = """
+SELECT m.id, l.name, m.archived_at, m.attempts, coalesce(m.from_address, ''), m.subject, m.failure
+  FROM mail.messages m JOIN mail.import_locations l ON l.id = m.location_id
+ WHERE m.status = 'failed' ORDER BY m.id"""
+LOCATION_OF_FAILED = """
+SELECT id, location_id FROM mail.messages WHERE id = ANY(%s) AND status = 'failed'"""
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -291,6 +300,46 @@ def _location_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mail_failed(args: argparse.Namespace) -> int:
+    with db.transaction() as cur:
+        cur.execute(FAILED_MAILS)
+        found = cur.fetchall()
+    header = ("id", "location", "archived", "attempts", "from", "subject", "failure")
+    rows = [
+        (i, loc, f"{at:%Y-%m-%d %H:%M}", n, sender, subject[:60], failure[:120])
+        for i, loc, at, n, sender, subject, failure in found
+    ]
+    print(_table(header, rows) if rows else "no failed mails")
+    return 0
+
+
+def _mail_retry(args: argparse.Namespace) -> int:
+    from erpmail.inbound import importer  # imports the IMAP client: only for this command
+
+    with db.transaction() as cur:
+        cur.execute(LOCATION_OF_FAILED, (args.ids,))
+        found = dict(cur.fetchall())
+    unknown = sorted(set(args.ids) - set(found))
+    if unknown:
+        raise ValueError(f"ids: {', '.join(map(str, unknown))} name no failed mail")
+    by_location: dict[int, list[int]] = {}
+    for mail_id, location_id in found.items():
+        by_location.setdefault(location_id, []).append(mail_id)
+    done = sum(importer.retry(loc, ids) for loc, ids in sorted(by_location.items()))
+    print(
+        f"{done} of {len(found)} failed mails imported; the rest failed again (erpmail mail failed)"
+    )
+    return 0 if done == len(found) else 1
+
+
+def _archive_check(args: argparse.Namespace) -> int:
+    from erpmail.core import inventory
+
+    report = inventory.check()
+    print(report)
+    return 0 if report.clean else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, one sub-command per job."""
     parser = argparse.ArgumentParser(prog="erpmail", description=__doc__)
@@ -317,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.set_defaults(func=_demo)
     _account_parser(sub)
     _location_parser(sub)
+    mail_cmd = sub.add_parser("mail", help="received mail whose import failed")
+    mail_sub = mail_cmd.add_subparsers(dest="mail_command", required=True)
+    mail_sub.add_parser(
+        "failed", help="list the mails kept raw because their import failed"
+    ).set_defaults(func=_mail_failed)
+    retry = mail_sub.add_parser("retry", help="import failed mails again from their stored .eml")
+    retry.add_argument("ids", type=int, nargs="+", help="the mails' ids (erpmail mail failed)")
+    retry.set_defaults(func=_mail_retry)
+    archive_cmd = sub.add_parser("archive", help="the document store")
+    archive_sub = archive_cmd.add_subparsers(dest="archive_command", required=True)
+    archive_sub.add_parser(
+        "check",
+        help="report files no row names and rows whose file is missing (exit status 1 if any)",
+    ).set_defaults(func=_archive_check)
     return parser
 
 

@@ -24,7 +24,7 @@ CRASH_SCRIPT = """
 import os, sys
 sys.path[:0] = [{plugins!r}, {root!r}]
 from erpmail.inbound import importer
-importer.import_location({location}, fetch_chunk=5, fault=lambda point: os._exit(137))
+importer.import_location({location}, fetch_chunk=5, fault=lambda point: point == "after_commit" and os._exit(137))
 """
 
 

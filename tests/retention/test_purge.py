@@ -174,7 +174,7 @@ def test_import_inserting_during_a_purge_is_not_blocked(db, db_url, store):
                 cur.execute(
                     """INSERT INTO mail.messages (direction, location_id, message_id, sha256,
                            eml_path, size_bytes) VALUES ('in', %s, %s, %s, %s, 10) RETURNING id""",
-                    (loc, f"<new{i}@test>", "f" * 64, f"mail/new/{i}.eml"),
+                    (loc, f"<new{i}@test>", f"{i:x}".rjust(64, "f"), f"mail/new/{i}.eml"),
                 )
                 mid = cur.fetchone()[0]
                 cur.execute(

@@ -10,10 +10,11 @@ ObjectStoragePath per file costs about a millisecond, the write itself a few mic
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from itertools import groupby
 from pathlib import Path
@@ -24,6 +25,7 @@ from airflow.sdk import ObjectStoragePath
 from erpmail.core.db import VAR_DIR
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_TEMP = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
 _GLOB = re.compile(r"[*?\[]")  # a bulk delete would expand these: such keys go one by one
 MAX_KNOWN_FOLDERS = 10_000
 _FOLDERS: set[Path] = set()  # local folders made by this process
@@ -178,6 +180,42 @@ def read(key: str) -> bytes:
 def exists(key: str) -> bool:
     """Whether an object is stored under ``key``."""
     return path_of(key).exists()
+
+
+def keys_under(prefix: str = "") -> Iterator[str]:
+    """Every key stored under the folder ``prefix`` (the whole store when empty), temp files of
+    interrupted writes included."""
+    local = local_root()
+    if local is not None:
+        base = local.joinpath(*_parts(prefix)) if prefix else local
+        for folder, _, files in os.walk(base):
+            rel = Path(folder).relative_to(local).as_posix()
+            for name in files:
+                yield name if rel == "." else f"{rel}/{name}"
+        return
+    base = path_of(prefix) if prefix else root()
+    top = str(root()).rstrip("/") + "/"
+    if base.exists():
+        for found in base.rglob("*"):
+            if found.is_file():
+                yield str(found).removeprefix(top)
+
+
+def temp_keys(key: str) -> list[str]:
+    """The temp files an interrupted write of ``key`` may have left beside it."""
+    parts = _parts(key)
+    folder = "/".join(parts[:-1])
+    pattern = f".{glob.escape(parts[-1])}.*.tmp"
+    local = local_root()
+    base = local.joinpath(*parts[:-1]) if local is not None else path_of(folder)
+    if not base.exists():
+        return []
+    return [f"{folder}/{p.name}" if folder else p.name for p in base.glob(pattern)]
+
+
+def is_temp(key: str) -> bool:
+    """Whether ``key`` names the temp file of a write (``.<name>.<32 hex>.tmp``)."""
+    return _TEMP.fullmatch(key.rsplit("/", 1)[-1]) is not None
 
 
 def delete(key: str) -> bool:

@@ -32,8 +32,8 @@ SET_AUTOREPLY_OUTBOX = """
 UPDATE mail.autoreply_log SET outbox_id = %s WHERE location_id = %s AND sender = %s AND day = %s"""
 # The alert shows when each mail arrived, on the company's clock.
 UNLINKED_MAILS = """
-SELECT id, archived_at AT TIME ZONE %s, coalesce(from_address, '?'), subject FROM mail.messages
-WHERE id = ANY(%s) AND status = 'unlinked' ORDER BY id"""
+SELECT id, archived_at AT TIME ZONE %s, coalesce(from_address, '?'), subject, failure
+FROM mail.messages WHERE id = ANY(%s) AND status IN ('unlinked', 'failed') ORDER BY id"""
 
 
 def no_reply_reason(
@@ -231,10 +231,10 @@ def notify_unlinked(
 
 
 def alert_unlinked(cur, location: Location, mail_ids: Sequence[int], run_key: str) -> int | None:
-    """Queue the alert listing which of ``mail_ids`` are unlinked to the location's
+    """Queue the alert listing which of ``mail_ids`` are unlinked or failed to the location's
     notification address; the outbox id, or None when there is nothing to send."""
     cur.execute(UNLINKED_MAILS, (clock.DEFAULT_TIMEZONE, list(mail_ids)))
-    cols = ("id", "received_at", "sender", "subject")
+    cols = ("id", "received_at", "sender", "subject", "failure")
     mails = [
         {**dict(zip(cols, row, strict=True)), "location": location.name} for row in cur.fetchall()
     ]

@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from imapclient import DELETED, SEEN
 
 from erpmail.core import db
-from erpmail.inbound import parse
 from erpmail.inbound.locations import Location
 
 log = logging.getLogger(__name__)
@@ -27,8 +26,6 @@ log = logging.getLogger(__name__)
 META_CHUNK = 500
 FETCH_CHUNK = 100
 FETCH_CHUNK_BYTES = 16 * 1024 * 1024
-MSGID_HEADER = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
-MSGID_KEY = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"
 
 WATERMARK = """
 SELECT uidvalidity, last_uid FROM mail.import_watermarks WHERE location_id = %s AND folder = %s"""
@@ -49,7 +46,6 @@ class Candidate:
     uid: int
     size: int
     internal_date: datetime | None
-    message_id: str | None  # only when fetched ahead (rescans), else None
 
 
 def open_folder(client, location: Location) -> int:
@@ -96,15 +92,11 @@ def search(client, last_uid: int, since: datetime | None, until: datetime | None
     return sorted(client.search(["SINCE", start, "BEFORE", end]))
 
 
-def candidates(client, uids: list[int], with_message_ids: bool) -> Iterator[Candidate]:
-    """Size and INTERNALDATE of each UID (and its Message-ID when asked); expunged ones go."""
-    # The Message-ID ahead costs Dovecot a header read per mail; it pays off only on a
-    # rescan (backfill, UIDVALIDITY change), where most mails are stored already. New mail
-    # above the watermark is deduplicated after its fetch.
-    items = ["RFC822.SIZE", "INTERNALDATE"] + ([MSGID_HEADER] if with_message_ids else [])
+def candidates(client, uids: list[int]) -> Iterator[Candidate]:
+    """Size and INTERNALDATE of each UID; expunged ones go."""
     for start in range(0, len(uids), META_CHUNK):
         chunk = uids[start : start + META_CHUNK]
-        meta = client.fetch(chunk, items)
+        meta = client.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE"])
         for uid in chunk:
             item = meta.get(uid)
             if item is None:  # expunged meanwhile
@@ -112,14 +104,7 @@ def candidates(client, uids: list[int], with_message_ids: bool) -> Iterator[Cand
             internal = item.get(b"INTERNALDATE")
             if internal is not None and internal.tzinfo is None:
                 internal = internal.replace(tzinfo=UTC)
-            yield Candidate(
-                uid,
-                int(item.get(b"RFC822.SIZE") or 0),
-                internal,
-                parse.message_id_from_header_block(item.get(MSGID_KEY) or b"")
-                if with_message_ids
-                else None,
-            )
+            yield Candidate(uid, int(item.get(b"RFC822.SIZE") or 0), internal)
 
 
 def in_chunks(
@@ -156,7 +141,7 @@ class Chunk:
 
     candidates: list[Candidate]
     oversize: list[Candidate]
-    known: list[int]  # UIDs whose Message-ID is stored already (rescans)
+    known: list[int]  # UIDs stored already (backfills)
     bulk: list[tuple[Candidate, bytes]]
     single: list[tuple[Candidate, bytes | None]]
 
@@ -165,17 +150,17 @@ def sort_out(
     location: Location,
     candidates: list[Candidate],
     fetched: dict,
-    known: set[str],
+    known: set[int],
     together_bytes: int,
 ) -> Chunk:
-    """Split a fetched chunk: over the size limit, stored already (``known`` Message-IDs),
+    """Split a fetched chunk: over the size limit, stored already (``known`` UIDs),
     fetched and up to ``together_bytes`` (stored together), the rest (one by one)."""
     oversize, done, bulk, single = [], [], [], []
     for cand in candidates:
         if cand.size > location.max_message_bytes:
             oversize.append(cand)
             continue
-        if cand.message_id in known:
+        if cand.uid in known:
             done.append(cand.uid)
             continue
         item = fetched.pop(cand.uid, None) if cand.size <= FETCH_CHUNK_BYTES else None

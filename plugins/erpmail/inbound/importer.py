@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
@@ -25,8 +25,9 @@ import psycopg2.extensions
 
 from erpmail.core import archive, clock, db, locks
 from erpmail.core.progress import Progress
-from erpmail.inbound import autoreply, fetch, linking, parse, store, tickets
+from erpmail.inbound import autoreply, fetch, filing, pending, store
 from erpmail.inbound.fetch import Candidate
+from erpmail.inbound.filing import import_message
 from erpmail.inbound.imap import ImapHook
 from erpmail.inbound.locations import Location, enabled_location_ids, load_location
 from erpmail.inbound.store import Stored
@@ -39,14 +40,12 @@ __all__ = [
     "import_location",
     "import_message",
     "load_location",
+    "retry",
 ]
 
 log = logging.getLogger(__name__)
 
 LOCK_CLASS = locks.IMPORT_LOCATION  # the second key is the location id
-# Mails up to this size are parsed from the fetched bytes and stored a chunk at a time;
-# larger ones alone, the fetched copy dropped and the stored file parsed, to bound memory.
-PARSE_FROM_STORE_BYTES = 4 * 1024 * 1024
 
 TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
 WAIT_LOCK = "SELECT pg_advisory_lock(%s, %s)"
@@ -72,7 +71,10 @@ class Summary:
     unlinked: int = 0
     malformed: int = 0
     oversize: int = 0
-    failed: int = 0
+    failed: int = 0  # kept raw with status 'failed', to be retried
+    errors: int = 0  # not even stored raw: left on the server, the watermark held
+    retried: int = 0  # failed mails of earlier runs imported now
+    swept: int = 0  # files of an interrupted run removed
     bytes: int = 0
     seconds: float = 0.0
     alert_outbox_id: int | None = None
@@ -92,146 +94,27 @@ class Summary:
             f"{self.location} ({self.folder}, {self.mode}): {self.candidates} seen, "
             f"{self.new} new ({self.linked} linked, {self.unlinked} unlinked, "
             f"{self.malformed} malformed), {self.duplicates} already stored, "
-            f"{self.oversize} too big and left on the server, {self.failed} failed; "
+            f"{self.oversize} too big and left on the server, {self.failed} failed and kept raw, "
+            f"{self.errors} not stored; {self.retried} earlier failures imported; "
             f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s ({rate:.0f} mails/s)"
             + ("; UIDVALIDITY changed, folder rescanned" if self.uidvalidity_reset else "")
         )
 
 
-def import_message(
-    cur,
-    location: Location,
-    raw: bytes,
-    *,
-    uid: int | None = None,
-    uidvalidity: int | None = None,
-    received: datetime | None = None,
-    day: date | None = None,
-) -> Stored:
-    """Store one raw mail for a location in the caller's transaction (idempotent)."""
-    return _import_one(
-        cur, location, [raw], uid, uidvalidity, received, day or clock.today(), False
-    )
-
-
-def _import_one(
-    cur,
-    location: Location,
-    box: list[bytes],
-    uid: int | None,
-    uidvalidity: int | None,
-    received: datetime | None,
-    day: date,
-    checked: bool,
-    keys: list[str] | None = None,
-) -> Stored:
-    # ``checked``: the caller already knows no mail with this Message-ID is stored.
-    # The raw bytes come in a box so that, for a large mail, the only reference can be
-    # dropped once the .eml is stored and the parse reads the file instead.
-    raw = box.pop()
-    sha = hashlib.sha256(raw).hexdigest()
-    size = len(raw)
-    big = size > PARSE_FROM_STORE_BYTES
-    parsed = None if big else parse.parse(raw)
-    message_id = (
-        parse.message_id_from_header_block(store.header_block(raw)) if big else parsed.message_id
-    )
-    if not (checked and message_id):
-        found = store.existing(cur, location, message_id, sha)
-        if found is not None:
-            return Stored(found, False, "duplicate")
-    key = store.eml_key(location, sha, received)
-    cur.execute(locks.ARCHIVE_FILES_SHARED)
-    archive.store(key, raw)
-    written = [key]
+def retry(location_id: int, ids: Sequence[int]) -> int:
+    """Retry failed mails of a location by hand, however often they failed; how many went in."""
+    conn = db.connect()
     try:
-        if big:
-            del raw
-            with archive.path_of(key).open("rb") as stream:
-                parsed = parse.parse(stream)
-        stored = _insert(cur, location, parsed, key, sha, size, uid, uidvalidity, day, written)
-    except BaseException:
-        store.forget(cur, written)
-        raise
-    if not stored.new:
-        store.forget(cur, written)
-    elif keys is not None:
-        keys.extend(written)
-    return stored
-
-
-def _insert(
-    cur,
-    location: Location,
-    parsed: parse.ParsedMail,
-    key: str,
-    sha: str,
-    size: int,
-    uid: int | None,
-    uidvalidity: int | None,
-    day: date,
-    written: list[str],
-) -> Stored:
-    links = linking.find_links(
-        cur,
-        subject=parsed.subject,
-        from_address=parsed.from_address,
-        in_reply_to=parsed.in_reply_to,
-        references=parsed.references,
-        keywords=location.link_keywords,
-        body=parsed.body_text,
-    )
-    # a mail in a ticket location always ends up with its case
-    linked = links or (location.ticket_enabled and not parsed.malformed)
-    status = "malformed" if parsed.malformed else ("linked" if linked else "unlinked")
-    defect_count = len(parsed.defects[: store.MAX_DEFECTS])
-    mail_id = store.insert_message(
-        cur,
-        location,
-        parsed,
-        key=key,
-        sha=sha,
-        size=size,
-        uid=uid,
-        uidvalidity=uidvalidity,
-        status=status,
-    )
-    if mail_id is None:  # stored meanwhile under the same Message-ID or hash
-        return Stored(store.existing(cur, location, parsed.message_id, sha), False, "duplicate")
-    store.store_attachments(cur, location, parsed, mail_id, key, written)
-    ticket = None
-    if location.ticket_enabled and not parsed.malformed:
-        ticket = tickets.open_or_join(
-            cur,
-            case_ids=[link.entity_id for link in links if link.entity_type == "case"],
-            subject=parsed.subject,
-            queue=location.ticket_queue,
-            project_id=location.ticket_project_id,
-            partner_id=next((x.entity_id for x in links if x.entity_type == "partner"), None),
-        )
-        if ticket.opened:
-            links.append(linking.Link("case", ticket.case_id, "ticket"))
-    linking.store_links(cur, mail_id, links)
-    if len(parsed.defects[: store.MAX_DEFECTS]) != defect_count:  # the attachments had more
-        status = "malformed"
-        store.set_malformed(cur, mail_id, parsed)
-    if location.autoreply_enabled and not parsed.malformed:
-        autoreply.autoreply(
-            cur,
-            location_id=location.id,
-            account_id=location.autoreply_account_id,
-            language=location.language,
-            subject_template=location.autoreply_subject,
-            body_template=location.autoreply_body,
-            sender=parsed.from_address,
-            headers=parsed.headers,
-            subject=parsed.subject,
-            message_id=parsed.message_id,
-            references=parsed.references,
-            ticket=ticket,
-            day=day,
-        )
-    return Stored(mail_id, True, status)
+        with db.transaction(conn) as cur:
+            location = load_location(cur, location_id)
+        _lock(conn, location.id, wait=True)
+        try:
+            return filing.retry_failed(conn, location, clock.today(), ids=ids)
+        finally:
+            with db.transaction(conn) as cur:
+                cur.execute(UNLOCK, (LOCK_CLASS, location.id))
+    finally:
+        conn.close()
 
 
 def import_location(
@@ -246,10 +129,11 @@ def import_location(
     fault: Callable[[str], None] | None = None,
     conn: psycopg2.extensions.connection | None = None,
 ) -> Summary:
-    """Import one location: new mail above the watermark, or a backfill of [since, until).
+    """Import one location: new mail above the watermark, or a backfill of [since, until);
+    first the leftovers of an interrupted run are removed and failed mails retried.
 
-    ``fault(point)`` is called at ``"after_commit"`` (between the commit and the server
-    change) so tests can kill the run there.
+    ``fault(point)`` is called at ``"before_commit"`` (files written, rows not committed) and
+    ``"after_commit"`` (before the server change) so tests can kill the run there.
     """
     own = conn is None
     conn = conn or db.connect()
@@ -261,10 +145,15 @@ def import_location(
             summary.locked = False
             log.info("%s", summary)
             return summary
+        journal = pending.Journal(location.id)
         try:
-            _run(conn, location, summary, since, until, fetch_chunk, day or clock.today(), fault)
+            summary.swept = pending.sweep(conn, location.id)
+            day = day or clock.today()
+            summary.retried = filing.retry_failed(conn, location, day, journal=journal)
+            _run(conn, location, summary, since, until, fetch_chunk, day, journal, fault)
             _finish(conn, location, summary, run_key)
         finally:
+            journal.close()
             with db.transaction(conn) as cur:
                 cur.execute(UNLOCK, (LOCK_CLASS, location.id))
     finally:
@@ -294,6 +183,7 @@ def _run(
     until: datetime | None,
     fetch_chunk: int,
     day: date,
+    journal: pending.Journal,
     fault: Callable[[str], None] | None,
 ) -> None:
     started = time.monotonic()
@@ -301,12 +191,12 @@ def _run(
         uidvalidity = fetch.open_folder(client, location)
         last_uid, summary.uidvalidity_reset = fetch.watermark(conn, location, uidvalidity)
         uids = fetch.search(client, last_uid, since, until)
-        rescan = since is not None or summary.uidvalidity_reset
-        candidates = list(fetch.candidates(client, uids, rescan))
-        known = set()
-        if rescan:
-            ids = [c.message_id for c in candidates if c.message_id]
-            known = store.known_message_ids(conn, location, ids)
+        candidates = list(fetch.candidates(client, uids))
+        # a backfill skips the UIDs stored before; after a UIDVALIDITY change no UID is known
+        # and the mails are deduplicated by their bytes
+        known: set[int] = set()
+        if since is not None:
+            known = store.known_uids(conn, location, uidvalidity, [c.uid for c in candidates])
         chunks, outside = fetch.in_chunks(location, candidates, since, until, fetch_chunk)
         summary.candidates = len(uids) - outside
 
@@ -315,12 +205,14 @@ def _run(
                 c.uid
                 for c in chunk
                 if c.size <= min(location.max_message_bytes, fetch.FETCH_CHUNK_BYTES)
-                and c.message_id not in known
+                and c.uid not in known
             ]
 
         # tickets and autoreplies go mail by mail: each may depend on the one before
         together = (
-            0 if location.ticket_enabled or location.autoreply_enabled else PARSE_FROM_STORE_BYTES
+            0
+            if location.ticket_enabled or location.autoreply_enabled
+            else filing.PARSE_FROM_STORE_BYTES
         )
         progress = Progress(location.name, summary.candidates, unit="mails", log=log)
         advance = since is None
@@ -332,7 +224,17 @@ def _run(
                 chunk = fetch.sort_out(location, part, fetched, known, together)
                 del fetched
                 advance = _batch(
-                    client, imap, conn, location, summary, chunk, uidvalidity, day, fault, advance
+                    client,
+                    imap,
+                    conn,
+                    location,
+                    summary,
+                    chunk,
+                    uidvalidity,
+                    day,
+                    journal,
+                    fault,
+                    advance,
                 )
                 progress.add(len(chunk.candidates))
         finally:
@@ -349,14 +251,17 @@ def _batch(
     chunk: fetch.Chunk,
     uidvalidity: int,
     day: date,
+    journal: pending.Journal,
     fault: Callable[[str], None] | None,
     advance: bool,
 ) -> bool:
-    """Store one chunk in one transaction, then change the server; False once one failed."""
+    """Store one chunk in one transaction, then change the server; False once a mail could
+    not even be stored raw (it stays on the server and holds the watermark)."""
     done: list[int] = list(chunk.known)
     summary.duplicates += len(chunk.known)
     keys: list[str] = []
-    failed = False
+    entries: list[int] = []
+    held = False
     single = chunk.single
     with db.transaction(conn) as cur:
         for cand in chunk.oversize:
@@ -365,14 +270,16 @@ def _batch(
                 cur, location, uidvalidity, cand.uid, cand.size, cand.internal_date
             )
         if chunk.bulk:
-            prepared = [store.prepare(c.uid, c.internal_date, raw) for c, raw in chunk.bulk]
+            attempt = store.Attempt(journal)
             cur.execute("SAVEPOINT chunk")
             try:
+                prepared = [store.prepare(c.uid, c.internal_date, raw) for c, raw in chunk.bulk]
                 uids, new, duplicates = store.store_chunk(
-                    cur, location, uidvalidity, prepared, keys
+                    cur, location, uidvalidity, prepared, attempt
                 )
             except Exception:
                 cur.execute("ROLLBACK TO SAVEPOINT chunk")
+                store.forget(cur, attempt.keys)
                 log.warning(
                     "%s: storing %d mails together failed; storing them one by one",
                     location.name,
@@ -382,11 +289,13 @@ def _batch(
                 single = chunk.bulk + single
             else:
                 cur.execute("RELEASE SAVEPOINT chunk")
+                keys.extend(attempt.keys)
                 done.extend(uids)
                 summary.duplicates += duplicates
                 for mail_id, status, size in new:
                     _count(summary, Stored(mail_id, True, status), size)
-            del prepared
+            entries.extend(attempt.entries)
+            prepared = None
         chunk.bulk = chunk.single = []
         cur.execute("SAVEPOINT mail")  # each mail fails alone, rolled back to here
         while single:
@@ -395,31 +304,30 @@ def _batch(
                 raw = fetch.fetch_one(imap, client, cand.uid)
             if raw is None:
                 continue  # expunged by someone else since the search
+            sha = hashlib.sha256(raw).hexdigest()
+            key = store.eml_key(location, sha, cand.internal_date)
+            head = store.header_block(raw[: store.FAILED_HEADER_BYTES])
             box = [raw]
             size = len(raw)
             del raw
+            attempt = store.Attempt(journal)
             try:
-                stored = _import_one(
-                    cur,
-                    location,
-                    box,
-                    cand.uid,
-                    uidvalidity,
-                    cand.internal_date,
-                    day,
-                    cand.message_id is not None,
-                    keys,
+                stored = filing.file_one(
+                    cur, location, box, sha, key, cand.uid, uidvalidity, day, attempt
                 )
-            except Exception:
+            except Exception as exc:
                 cur.execute("ROLLBACK TO SAVEPOINT mail")
-                summary.failed += 1
-                failed = True
-                log.exception(
-                    "%s: UID %s could not be imported; left on the server", location.name, cand.uid
+                stored = filing.keep_failed(
+                    cur, location, cand.uid, uidvalidity, attempt, exc, sha, key, size, head
                 )
+            entries.extend(attempt.entries)
+            if stored is None:
+                held = True
+                summary.errors += 1
                 continue
             # one round trip: keep this mail, open the next one's savepoint
             cur.execute("RELEASE SAVEPOINT mail; SAVEPOINT mail")
+            keys.extend(attempt.keys)
             done.append(cand.uid)
             if stored.new:
                 _count(summary, stored, size)
@@ -427,10 +335,13 @@ def _batch(
                 summary.duplicates += 1
         # the files are on disk before the rows that point at them are committed
         archive.sync(keys)
+        pending.clear(cur, entries)
+        if fault:
+            fault("before_commit")
     if fault:
         fault("after_commit")
     imap.submit(fetch.server_action, client, location, done).result()
-    advance = advance and not failed
+    advance = advance and not held
     if advance:
         top = max(c.uid for c in chunk.candidates)
         fetch.advance_watermark(conn, location, uidvalidity, top)
@@ -445,13 +356,15 @@ def _count(summary: Summary, stored: Stored, size: int) -> None:
         summary.linked += 1
     elif stored.status == "unlinked":
         summary.unlinked += 1
+    elif stored.status == "failed":
+        summary.failed += 1
     else:
         summary.malformed += 1
 
 
 def _finish(conn, location: Location, summary: Summary, run_key: str | None) -> None:
     with db.transaction(conn) as cur:
-        if summary.unlinked and location.notify_address:
+        if (summary.unlinked or summary.failed) and location.notify_address:
             key = run_key or f"{min(summary.new_ids)}-{max(summary.new_ids)}"
             summary.alert_outbox_id = autoreply.alert_unlinked(cur, location, summary.new_ids, key)
         cur.execute(AUDIT, (location.name, json.dumps(summary.as_dict(), default=str)))
