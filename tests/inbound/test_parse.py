@@ -127,3 +127,22 @@ def test_base64_with_stray_characters_decodes_as_before():
         part.set_payload(payload)
         parsed = parse.parse(msg.as_bytes())
         assert b"".join(parsed.attachments[0].chunks()) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "defect"),
+    [
+        ("missing subtype", "InvalidHeaderDefect: content-type"),
+        ("broken Content-Type", "InvalidHeaderDefect: content-type"),
+        ("unknown transfer encoding", "UnknownTransferEncodingDefect"),
+        ("broken quoted-printable", "InvalidQuotedPrintableDefect"),
+        ("broken base64 0", "InvalidBase64"),
+        ("empty boundary", "Boundary"),
+    ],
+)
+def test_damaged_mime_is_recorded_with_the_stdlib_defect(name, defect):
+    parsed = parse.parse(dict(mailcorpus.nasty())[name])
+    for att in parsed.attachments:  # decoded when stored
+        att.consume()
+    assert parsed.malformed
+    assert any(d.startswith(defect) or defect in d for d in parsed.defects), parsed.defects

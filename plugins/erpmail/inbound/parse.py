@@ -43,6 +43,8 @@ MAX_FILENAME_BYTES = 200
 MAX_EXTENSION_CHARS = 16
 MAX_ADDRESSES = 500
 MAX_REFERENCES = 100
+MIME_HEADERS = ("content-type", "content-transfer-encoding", "content-disposition")
+TRANSFER_ENCODINGS = frozenset(("7bit", "8bit", "binary", "base64", "quoted-printable"))
 SINGLE_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "in-reply-to")
 REQUIRED_HEADERS = ("From", "Date")
 # Headers the autoresponder and the alert look at, kept verbatim (decoded, bounded).
@@ -59,6 +61,7 @@ AUTOMATION_HEADERS = (
 
 _MSGID = re.compile(r"<[^<>\s]{1,900}>")
 _BARE_MSGID = re.compile(r"[^<>\s]{1,900}")
+_BAD_QP = re.compile(r"=(?![0-9A-Fa-f]{2}|[ \t]*\r?\n|[ \t]*$)")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=]*")
 _UNSAFE_NAME = re.compile(r'[<>:"|?*]')
@@ -250,7 +253,6 @@ def _fill(mail: ParsedMail, msg: EmailMessage) -> None:
         value = _header_str(msg, name, defects)
         if value is not None:
             mail.headers[name] = clean_text(value, 1000)
-    _collect_parser_defects(msg, defects)
     leaves = list(_leaves(msg, 0, defects))
     plain = _body_part(msg, "plain")
     html = _body_part(msg, "html")
@@ -258,6 +260,8 @@ def _fill(mail: ParsedMail, msg: EmailMessage) -> None:
         mail.body_text = _text_of(plain, defects)
     if html is not None:
         mail.body_html = _text_of(html, defects)
+    # after the bodies are decoded: the stdlib notes bad base64 on the part while decoding
+    _collect_parser_defects(msg, defects)
     taken: set[str] = set()
     for index, part in enumerate(leaves, start=1):
         if part is plain or part is html:
@@ -384,6 +388,7 @@ def _collect_parser_defects(msg: Message, defects: list[str]) -> None:
         part = stack.pop()
         for defect in part.defects:
             defects.append(type(defect).__name__)
+        _mime_header_defects(part, defects)
         if part is not msg:
             for name, value in part.raw_items():
                 if not value.isascii() and any("\udc80" <= c <= "\udcff" for c in value[:10000]):
@@ -392,6 +397,28 @@ def _collect_parser_defects(msg: Message, defects: list[str]) -> None:
             payload = part.get_payload()
             if isinstance(payload, list):
                 stack.extend(p for p in payload if isinstance(p, Message))
+
+
+def _mime_header_defects(part: Message, defects: list[str]) -> None:
+    """What the stdlib found wrong in a part's MIME headers (kept on the header objects, not
+    on the part: a missing subtype, a broken Content-Type), and transfer encodings that no
+    decoder knows or quoted-printable that does not decode."""
+    for name in MIME_HEADERS:
+        header = part.get(name)
+        for defect in getattr(header, "defects", ()):
+            defects.append(f"{type(defect).__name__}: {name}: {clean_text(str(defect), 100)}")
+    if part.get_content_maintype() == "multipart" and not part.get_boundary(""):  # RFC 2046
+        defects.append("InvalidBoundaryDefect: empty")
+    cte = part.get("content-transfer-encoding")
+    if cte is None:
+        return
+    cte = str(cte).strip().lower()
+    if cte not in TRANSFER_ENCODINGS:
+        defects.append(f"UnknownTransferEncodingDefect: {clean_text(cte, 40)!r}")
+    elif cte == "quoted-printable" and not part.is_multipart():
+        payload = part.get_payload()
+        if isinstance(payload, str) and _BAD_QP.search(payload[:MAX_BODY_CHARS]):
+            defects.append("InvalidQuotedPrintableDefect")
 
 
 def _leaves(part: Message, depth: int, defects: list[str]) -> Iterator[Message]:
@@ -469,7 +496,9 @@ def _decoded(part: Message, filename: str, defects: list[str]) -> Iterator[bytes
     for start in range(0, len(payload), DECODE_CHUNK):
         text = payload[start : start + DECODE_CHUNK].replace("\r\n", "").replace("\n", "")
         if not _BASE64.fullmatch(text):  # anything but line breaks: the slow, general way
-            text = _NOT_BASE64.sub("", text)
+            text, dropped = _NOT_BASE64.subn("", text.replace(" ", "").replace("\t", ""))
+            if dropped and not any(d.startswith("InvalidBase64Characters") for d in defects):
+                defects.append(f"InvalidBase64CharactersDefect: {filename}")
         text = carry + text
         cut = len(text) - len(text) % 4
         carry = text[cut:]
