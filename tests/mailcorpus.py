@@ -1,9 +1,11 @@
 """Test mail, generated: 60 varied mails with the links they must get, 30+ malformed ones,
-and the test mailbox wiring (an Airflow connection and a location row for a Dovecot user).
+75+ of the shapes real mailboxes hold, and the test mailbox wiring (an Airflow connection and
+a location row for a Dovecot user).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -384,4 +386,385 @@ def malformed() -> list[tuple[str, bytes]]:
             b"\r\n--B\r\nContent-Type: message/rfc822\r\n\r\nFrom x\r\nSubject: \xff\xfe\r\n\r\n--B--\r\n",
         ),
     ]
+    return mails
+
+
+def _multipart(head: bytes, boundary: str, parts: list[bytes], subtype: str = "mixed") -> bytes:
+    b = boundary.encode()
+    body = b"".join(b"--" + b + b"\r\n" + p + b"\r\n" for p in parts) + b"--" + b + b"--\r\n"
+    return (
+        head
+        + b"MIME-Version: 1.0\r\nContent-Type: multipart/"
+        + subtype.encode()
+        + b'; boundary="'
+        + b
+        + b'"\r\n\r\n'
+        + body
+    )
+
+
+def _part(headers: str, body: bytes) -> bytes:
+    return headers.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body
+
+
+def nasty() -> list[tuple[str, bytes]]:
+    """75 mails of the shapes real mailboxes hold (mail-parser corpora and hand-made): deep
+    and wide multiparts, every header encoding, broken encodings, NUL bytes, DSNs, TNEF, yEnc,
+    S/MIME, reused Message-IDs. Some are damaged, none may be lost; all bytes differ."""
+    out: list[tuple[str, bytes]] = []
+
+    def head(n: int, subject: bytes = b"", msgid: bool = True, extra: bytes = b"") -> bytes:
+        h = b"From: Absender <nasty@example.org>\r\nTo: in@erp.example.com\r\n"
+        h += b"Date: Fri, 01 Mar 2024 11:%02d:00 +0000\r\n" % (n % 60)
+        h += b"Subject: " + (subject or b"nasty %d" % n) + b"\r\n"
+        if msgid:
+            h += b"Message-ID: <nasty-%d@example.org>\r\n" % n
+        return h + extra
+
+    text = _part("Content-Type: text/plain; charset=utf-8", b"body")
+    n = 0
+
+    def add(name: str, raw: bytes) -> None:
+        nonlocal n
+        out.append((name, raw))
+        n += 1
+
+    # nested multiparts of every kind, 5 to 60 levels
+    for depth in (5, 12, 25, 40, 60):
+        inner = text
+        for level in range(depth):
+            kind = ("mixed", "alternative", "related")[level % 3]
+            inner = _multipart(b"", f"nest{depth}-{level}", [inner], kind).removeprefix(
+                b"MIME-Version: 1.0\r\n"
+            )
+        add(f"nested {depth}", head(n) + b"MIME-Version: 1.0\r\n" + inner)
+    # broken base64 in attachments
+    for i, payload in enumerate(
+        (b"JVBERi0xLjQK!!!!", b"JVBERi0xLjQKJ", b"JVBE Ri0x LjQK", b"====", b"\xff\xfeJVBE")
+    ):
+        att = _part(
+            "Content-Type: application/pdf\nContent-Transfer-Encoding: base64\n"
+            f'Content-Disposition: attachment; filename="kaputt-{i}.pdf"',
+            payload,
+        )
+        add(f"broken base64 {i}", _multipart(head(n), f"b64-{i}", [text, att]))
+    # encoded-word subjects, good and bad
+    for i, subject in enumerate(
+        (
+            b"=?utf-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?=",
+            b"=?utf-8?Q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?=",
+            b"=?iso-8859-1?Q?=C4rger_mit_der_Rechnung?=",
+            b"=?utf-8?B?6KuL5rGC5pu4?= =?utf-8?B?44Gu5piO57Sw?=",
+            b"=?utf-8?B?broken base64?=",
+            b"=?utf-8?Q?unterminated",
+            b"=?koi8-r?B?8NLJ18XU?=",
+            b"=?gb2312?B?xOO6ww==?= und mehr",
+        )
+    ):
+        add(f"encoded-word subject {i}", head(n, subject) + b"\r\n" + b"body %d\r\n" % i)
+    # RFC 2231 file names: continuations, charsets, languages, broken percent-escapes
+    for i, disposition in enumerate(
+        (
+            "attachment; filename*=utf-8''Rechnung%20M%C3%A4rz.pdf",
+            "attachment; filename*0*=utf-8''%E8%AB%8B%E6%B1%82; filename*1*=%E6%9B%B8.pdf",
+            "attachment; filename*=iso-8859-1'de'%C4nderung.pdf",
+            "attachment; filename*=utf-8''%ZZbad.pdf",
+            'attachment; filename*0="long"; filename*1="-name"; filename*2=".txt"',
+            "attachment; filename==?utf-8?B?w4RyZ2VyLnBkZg==?=",
+        )
+    ):
+        att = _part(
+            f"Content-Type: application/octet-stream\nContent-Disposition: {disposition}",
+            b"data %d" % i,
+        )
+        add(f"RFC 2231 name {i}", _multipart(head(n), f"r2231-{i}", [text, att]))
+    # missing or odd boundaries
+    add(
+        "empty boundary",
+        head(n) + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; "
+        b'boundary=""\r\n\r\n--\r\n\r\nx\r\n----\r\n',
+    )
+    add("boundary with spaces", _multipart(head(n), "a b  c", [text]))
+    add(
+        "boundary not matching",
+        head(n) + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed;"
+        b' boundary="one"\r\n\r\n--two\r\n\r\nx\r\n--two--\r\n',
+    )
+    # 8-bit headers
+    add(
+        "raw UTF-8 sender name",
+        head(n).replace(b"Absender", "Jürgen Müller".encode()) + b"\r\nx\r\n",
+    )
+    add("raw latin-1 subject", head(n, "Grüße".encode("latin-1")) + b"\r\nx\r\n")
+    add(
+        "8-bit To",
+        head(n)
+        .replace(b"To: in@", "To: Einkauf Köln <in@".encode())
+        .replace(b"erp.example.com\r\n", b"erp.example.com>\r\n", 1)
+        + b"\r\nx\r\n",
+    )
+    add("UTF-8 headers declared", head(n, "Счёт № 17".encode()) + b"\r\nx\r\n")
+    # NUL bytes
+    add("NUL in subject", head(n, b"nul\x00subject") + b"\r\nbody\r\n")
+    add("NUL in body", head(n) + b"\r\nbo\x00\x00dy\r\n")
+    att = _part(
+        "Content-Type: application/octet-stream\nContent-Transfer-Encoding: binary\n"
+        'Content-Disposition: attachment; filename="nul.bin"',
+        b"\x00\x01\x00\x02",
+    )
+    add("NUL in a binary attachment", _multipart(head(n), "nul", [text, att]))
+    # 2000 parts
+    parts = [
+        _part(
+            f'Content-Type: text/plain\nContent-Disposition: attachment; filename="p{i}.txt"',
+            b"part %d" % i,
+        )
+        for i in range(2000)
+    ]
+    add("2000 parts", _multipart(head(n), "two-thousand", parts))
+    # 1 MB lines
+    add("1 MB body line", head(n) + b"\r\n" + b"x" * (1024 * 1024) + b"\r\n")
+    add(
+        "1 MB References",
+        head(n, extra=b"References: " + b"<r@x> " * 170000 + b"\r\n") + b"\r\nx\r\n",
+    )
+    # delivery status notifications
+    original = head(9000) + b"\r\noriginal body\r\n"
+    for i, (report, inner_type) in enumerate(
+        (
+            (
+                "Action: failed\nStatus: 5.1.1\nFinal-Recipient: rfc822; gone@example.com",
+                "message/rfc822",
+            ),
+            (
+                "Action: delayed\nStatus: 4.4.7\nFinal-Recipient: rfc822; slow@example.com",
+                "text/rfc822-headers",
+            ),
+            (
+                "Action: failed\nStatus: 5.2.2\nFinal-Recipient: rfc822;full@example.com\n"
+                "Diagnostic-Code: smtp; 552 mailbox full",
+                "message/rfc822",
+            ),
+            ("garbage without fields", "message/rfc822"),
+        )
+    ):
+        dsn = _multipart(
+            head(n, b"Undelivered Mail Returned to Sender").replace(
+                b"Absender <nasty@", b"MAILER-DAEMON <mailer-daemon@"
+            ),
+            f"dsn-{i}",
+            [
+                _part("Content-Type: text/plain", b"Your message could not be delivered."),
+                _part(
+                    "Content-Type: message/delivery-status",
+                    b"Reporting-MTA: dns; mx.example.com\r\n\r\n"
+                    + report.replace("\n", "\r\n").encode(),
+                ),
+                _part(f"Content-Type: {inner_type}", original),
+            ],
+            "report; report-type=delivery-status",
+        )
+        add(f"DSN {i}", dsn)
+    # TNEF (winmail.dat), yEnc, uuencode, mbox From line, S/MIME, DKIM
+    tnef = b"\x78\x9f\x3e\x22" + bytes(range(256)) * 4
+    for i in range(2):
+        att = _part(
+            'Content-Type: application/ms-tnef; name="winmail.dat"\n'
+            "Content-Transfer-Encoding: base64\n"
+            'Content-Disposition: attachment; filename="winmail.dat"',
+            base64.encodebytes(tnef + bytes([i])).replace(b"\n", b"\r\n"),
+        )
+        add(f"TNEF {i}", _multipart(head(n), f"tnef-{i}", [text, att]))
+    add(
+        "yEnc",
+        head(n) + b"\r\n=ybegin line=128 size=5 name=a.bin\r\n\x8b\x8c\x8d\x8e\x8f\r\n"
+        b"=yend size=5\r\n",
+    )
+    add("uuencode", head(n) + b"\r\nbegin 644 a.txt\r\n#86)C\r\n`\r\nend\r\n")
+    add(
+        "mbox From line",
+        b"From nasty@example.org Fri Mar  1 11:00:00 2024\r\n" + head(n) + b"\r\nbody\r\n",
+    )
+    add("mbox From line quoted", head(n) + b"\r\n>From the archive\r\nbody\r\n")
+    for i in range(2):
+        signed = _multipart(
+            head(n),
+            f"smime-{i}",
+            [
+                text,
+                _part(
+                    'Content-Type: application/pkcs7-signature; name="smime.p7s"\n'
+                    "Content-Transfer-Encoding: base64",
+                    b"MIAGCSqGSIb3DQEHAqCAMIACAQEx" + bytes([65 + i]),
+                ),
+            ],
+            'signed; protocol="application/pkcs7-signature"; micalg=sha-256',
+        )
+        add(f"S/MIME signed {i}", signed)
+    for i in range(2):
+        dkim = (
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=sel; h=from:to:subject;"
+            b"\r\n\tbh=" + b"A" * 44 + b"; b=" + b"B" * (300 + i) + b"\r\n"
+        )
+        add(f"DKIM {i}", dkim + head(n) + b"\r\nsigned body\r\n")
+    # other MIME types
+    add(
+        "calendar invite",
+        _multipart(
+            head(n),
+            "cal",
+            [
+                text,
+                _part(
+                    "Content-Type: text/calendar; method=REQUEST; charset=utf-8",
+                    b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nSUMMARY:Termin\r\nEND:VEVENT\r\nEND:VCALENDAR",
+                ),
+            ],
+            "alternative",
+        ),
+    )
+    add(
+        "message/partial",
+        head(n) + b"MIME-Version: 1.0\r\nContent-Type: message/partial; "
+        b'id="p@x"; number=1; total=2\r\n\r\nFrom: a@x\r\n\r\nhalf\r\n',
+    )
+    add(
+        "message/external-body",
+        head(n) + b"MIME-Version: 1.0\r\nContent-Type: message/external-body;"
+        b' access-type=URL; URL="http://example.com/x"\r\n\r\nContent-Type: text/plain\r\n\r\n',
+    )
+    add(
+        "1000 recipients",
+        head(n, extra=b"To: " + b", ".join(b"r%d@example.com" % i for i in range(1000)) + b"\r\n")
+        + b"\r\nx\r\n",
+    )
+    add(
+        "folded long subject",
+        head(n, b"\r\n ".join(b"word%d" % i for i in range(400))) + b"\r\nx\r\n",
+    )
+    add("empty subject", head(n).replace(b"Subject: nasty %d" % n, b"Subject:") + b"\r\nx\r\n")
+    add("no subject", head(n).replace(b"Subject: nasty %d\r\n" % n, b"") + b"\r\nx\r\n")
+    for charset, data in (
+        ("gb2312", "你好".encode("gb2312")),
+        ("shift_jis", "請求書".encode("shift_jis")),
+        ("koi8-r", "Счёт".encode("koi8-r")),
+        ("windows-1252", "Grüße – €".encode("cp1252")),
+    ):
+        add(
+            f"charset {charset}",
+            head(n) + b"MIME-Version: 1.0\r\nContent-Type: text/plain; "
+            b"charset="
+            + charset.encode()
+            + b"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            + data
+            + b"\r\n",
+        )
+    add("HTML only", head(n) + b"MIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n")
+    add(
+        "HTML with inline image",
+        _multipart(
+            head(n),
+            "rel",
+            [
+                _part("Content-Type: text/html", b'<img src="cid:i@x">'),
+                _part(
+                    "Content-Type: image/png\nContent-ID: <i@x>\nContent-Transfer-Encoding: base64",
+                    b"iVBORw0KGgo=",
+                ),
+            ],
+            "related",
+        ),
+    )
+    add(
+        "empty attachment",
+        _multipart(
+            head(n),
+            "empty",
+            [
+                text,
+                _part(
+                    'Content-Type: application/pdf\nContent-Disposition: attachment; filename="leer.pdf"',
+                    b"",
+                ),
+            ],
+        ),
+    )
+    add(
+        "attachment without name",
+        _multipart(
+            head(n),
+            "noname",
+            [
+                text,
+                _part("Content-Type: application/pdf\nContent-Disposition: attachment", b"%PDF"),
+            ],
+        ),
+    )
+    add(
+        "same name twice",
+        _multipart(
+            head(n),
+            "twice",
+            [text]
+            + [
+                _part(
+                    'Content-Type: text/plain\nContent-Disposition: attachment; filename="a.txt"',
+                    b"v%d" % i,
+                )
+                for i in range(3)
+            ],
+        ),
+    )
+    add(
+        "binary body",
+        head(n) + b"MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: binary\r\n\r\n" + bytes(range(1, 256)) + b"\r\n",
+    )
+    add(
+        "long non-Latin attachment name",
+        _multipart(
+            head(n),
+            "longname",
+            [
+                text,
+                _part(
+                    "Content-Type: application/pdf\nContent-Disposition: attachment; filename*=utf-8''"
+                    + "%E8%AB%8B%E6%B1%82%E6%9B%B8" * 40
+                    + ".pdf",
+                    b"%PDF",
+                ),
+            ],
+        ),
+    )
+    add(
+        "long non-ASCII Message-ID",
+        head(n, msgid=False, extra=b"Message-ID: <" + "📧".encode() * 700 + b"@example.org>\r\n")
+        + b"\r\nx\r\n",
+    )
+    for i in range(4):  # one Message-ID, four different mails
+        add(
+            f"reused Message-ID {i}",
+            head(n, msgid=False, extra=b"Message-ID: <reused@example.org>\r\n")
+            + b"\r\nversion %d\r\n" % i,
+        )
+    add("missing subtype", head(n) + b"MIME-Version: 1.0\r\nContent-Type: text\r\n\r\nx\r\n")
+    add(
+        "unknown transfer encoding",
+        head(n) + b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+        b"Content-Transfer-Encoding: x-uue\r\n\r\nx\r\n",
+    )
+    add(
+        "broken quoted-printable",
+        head(n) + b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\nK=F6ln=ZZ\r\n",
+    )
+    add("broken Content-Type", head(n) + b"MIME-Version: 1.0\r\nContent-Type: ;;;\r\n\r\nx\r\n")
+    assert len({raw for _, raw in out}) == len(out), "every nasty mail differs"
+    return out
+
+
+def every_shape(f: Facts) -> list[bytes]:
+    """The whole corpus: the varied, the malformed and the nasty mails (over 150), once each."""
+    mails = [e.raw for e in varied(f)] + [raw for _, raw in malformed() + nasty() if raw]
+    assert len(set(mails)) == len(mails)
     return mails
