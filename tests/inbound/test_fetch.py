@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from erpmail.core import inventory
 from erpmail.inbound.imap import ImapHook
 from erpmail.inbound.importer import import_location, import_message
 from tests import mailcorpus
@@ -54,6 +55,7 @@ def test_killed_between_commit_and_server_change_loses_and_doubles_nothing(db, m
     assert rows(db, "SELECT count(*), count(DISTINCT message_id) FROM mail.messages") == [(12, 12)]
     assert all(b"\\Seen" in flags for _, flags in server_state().values())
     assert rows(db, "SELECT last_uid FROM mail.import_watermarks") == [(max(uids),)]
+    assert inventory.check().clean
 
 
 def test_uidvalidity_reset_rescans_without_doubles(db, mailbox, store):

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from erpmail.core import archive
+from erpmail.core import archive, inventory
 from erpmail.inbound.importer import import_location
 from tests import mailcorpus
 from tests.inbound.imapfolder import append, rows, server_state
@@ -36,6 +36,7 @@ def test_two_runs_at_once_store_each_mail_once(db, mailbox, store):
 
     assert sum(s.new for s in results) == 41
     assert rows(db, "SELECT count(*), count(DISTINCT sha256) FROM mail.messages") == [(41, 41)]
+    assert inventory.check().clean
 
 
 def test_chunk_that_fails_together_is_stored_one_by_one(db, mailbox, store, monkeypatch):
@@ -66,6 +67,7 @@ def test_chunk_that_fails_together_is_stored_one_by_one(db, mailbox, store, monk
     files = sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
     assert files == sorted(p for _, p in stored)
     assert all(b"\\Seen" in flags for _, flags in server_state().values())
+    assert inventory.check().clean
 
 
 def test_new_mail_already_stored_is_a_duplicate_and_keeps_its_files(db, mailbox, store):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pendulum
 
-from erpmail.core import archive
+from erpmail.core import archive, inventory
 from erpmail.core.db import transaction
 from erpmail.retention import policies, purge
 
@@ -108,23 +108,11 @@ def audit_rows(conn) -> list[dict]:
 
 
 def assert_store_matches_rows(conn, store: Path) -> None:
-    """Every row's files exist, every stored file is named by a row, nothing pending."""
-    with transaction(conn) as cur:
-        cur.execute(
-            "SELECT eml_path FROM mail.messages UNION ALL "
-            "SELECT path FROM mail.attachments WHERE path IS NOT NULL"
-        )
-        named = {r[0] for r in cur.fetchall()}
-        cur.execute("SELECT count(*) FROM mail.retention_pending_deletions")
-        pending = cur.fetchone()[0]
-    stored = (
-        {p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file()}
-        if store.exists()
-        else set()
-    )
-    assert sorted(named - stored) == [], "rows pointing at missing files"
-    assert sorted(stored - named) == [], "orphaned files"
-    assert pending == 0
+    """The archive check (of ``store``) is clean: every row's files exist, every stored file
+    is named by a row, nothing pending."""
+    assert archive.local_root() == store
+    report = inventory.check(conn)
+    assert report.clean and report.journaled == [], str(report)
 
 
 def purge_now(conn, **kw):
