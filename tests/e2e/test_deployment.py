@@ -24,8 +24,9 @@ import psycopg2
 import pytest
 
 from erpmail import seed
-from erpmail.core import db
+from erpmail.core import archive, db, inventory
 from erpmail.inbound.imap import ImapHook
+from tests import mailcorpus
 from tests.conftest import TEST_DB_URL
 from tests.e2e import services
 from tests.mailaccounts import COMPANY_CONN_ID, company_account
@@ -347,9 +348,9 @@ def test_backfill_imports_exactly_the_missing_mail(deployment):
         importer.import_location(location)
     assert deployment.rows("SELECT count(*) FROM mail.messages WHERE direction = 'in'") == [(7,)]
     # lose three mails of the window and one outside it, as if the database were restored
-    deployment.rows(
+    lost = deployment.rows(
         "DELETE FROM mail.messages WHERE subject IN ('Mail 101', 'Mail 102', 'Mail 105', "
-        "'Mail 200') RETURNING id"
+        "'Mail 200') RETURNING subject, eml_path"
     )
 
     # as in production the DAG runs on its schedule: the scheduler queues no task of a paused
@@ -385,6 +386,63 @@ def test_backfill_imports_exactly_the_missing_mail(deployment):
         s for (s,) in deployment.rows("SELECT subject FROM mail.messages WHERE direction = 'in'")
     )
     assert subjects == [f"Mail {n}" for n in range(100, 106)]  # Mail 200 was outside
+    # the restore left Mail 200's file without a row: the archive check names it
+    with mock.patch.dict(os.environ, env):
+        report = inventory.check(db.connect(deployment.erp_url))
+        assert report.orphans == [path for subject, path in lost if subject == "Mail 200"]
+        archive.delete(report.orphans[0])
+
+
+def test_every_shape_of_mail_is_imported_once_by_the_workers(deployment):
+    env = {
+        "AIRFLOW_CONN_IMAP_E2E": deployment.stack.site.extra_env["AIRFLOW_CONN_IMAP_E2E"],
+        "ERPMAIL_DB_URL": deployment.erp_url,
+        "ERPMAIL_ARCHIVE_URL": deployment.stack.site.extra_env["ERPMAIL_ARCHIVE_URL"],
+    }
+    mails = [raw for _, raw in mailcorpus.malformed() + mailcorpus.nasty() if raw]
+    mails += [simple(300 + n) for n in range(50)]
+    conn = db.connect(deployment.erp_url)
+    location = add_location(
+        conn, "corpus", "imap_e2e", folder="Corpus", store_attachments=True, enabled=False
+    )
+    conn.close()
+    with mock.patch.dict(os.environ, env):
+        with ImapHook("imap_e2e").client() as client:
+            client.create_folder("Corpus")
+            for raw in mails:
+                try:
+                    client.append("Corpus", raw)
+                except Exception:  # what Dovecot refuses outright
+                    continue
+            client.select_folder("Corpus", readonly=True)
+            served = {
+                uid: item[b"BODY[]"]
+                for uid, item in client.fetch(client.search("ALL"), ["BODY.PEEK[]"]).items()
+            }
+    assert len(served) >= 150
+
+    def imported() -> dict:
+        run_id = deployment.trigger("mailbox_import", {"location": location}).json()["dag_run_id"]
+        deployment.finished_run("mailbox_import", run_id)
+        ((details,),) = deployment.rows(
+            "SELECT details FROM mail.audit_log WHERE action = 'import' AND subject = 'corpus'"
+            " ORDER BY id DESC LIMIT 1"
+        )
+        return details
+
+    first = imported()
+    again = imported()
+
+    assert (first["new"], first["duplicates"], first["errors"]) == (len(served), 0, 0)
+    stored = deployment.rows(
+        "SELECT uid, eml_path FROM mail.messages WHERE location_id = %s", location
+    )
+    assert sorted(uid for uid, _ in stored) == sorted(served)  # archived + failed, once each
+    with mock.patch.dict(os.environ, env):
+        assert all(archive.read(path) == served[uid] for uid, path in stored)
+        report = inventory.check(db.connect(deployment.erp_url))
+    assert report.clean, str(report)
+    assert (again["candidates"], again["new"]) == (0, 0)
 
 
 def test_the_trigger_form_submits_with_its_defaults_in_a_browser(deployment):
