@@ -174,3 +174,36 @@ def test_location_add_refuses_bad_values_naming_the_field(db_url):
         assert run.returncode == 2, args
         assert f"erpmail: error: {field}" in run.stderr, run.stderr
     assert _rows(db_url, "SELECT count(*) FROM mail.import_locations") == [(0,)]
+
+
+def test_mail_failed_lists_and_mail_retry_imports_from_the_archive(db_url, tmp_path):
+    store = tmp_path / "archive"
+    env = {**os.environ, "ERPMAIL_DB_URL": db_url, "ERPMAIL_ARCHIVE_URL": f"file://{store}"}
+    raw = b"From: a@example.org\r\nDate: Fri, 01 Mar 2024 10:00:00 +0000\r\nSubject: Hallo\r\n\r\nx\r\n"
+    (store / "mail").mkdir(parents=True)
+    (store / "mail" / "1.eml").write_bytes(raw)
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO mail.import_locations (name, conn_id) VALUES ('in', 'imap_x')")
+        cur.execute(
+            "INSERT INTO mail.messages (direction, location_id, sha256, eml_path, size_bytes,"
+            " subject, status, failure, attempts) SELECT 'in', id, repeat('a', 64), 'mail/1.eml',"
+            " %s, 'Hallo', 'failed', 'RuntimeError: on purpose', 3 FROM mail.import_locations"
+            " RETURNING id",
+            (len(raw),),
+        )
+        (mail_id,) = cur.fetchone()
+    conn.close()
+
+    listed = _erpmail("mail", "failed", env=env)
+    refused = _erpmail("mail", "retry", str(mail_id + 1), env=env)
+    retried = _erpmail("mail", "retry", str(mail_id), env=env)
+
+    assert listed.returncode == 0 and "RuntimeError: on purpose" in listed.stdout
+    assert refused.returncode == 2 and f"ids: {mail_id + 1} name no failed mail" in refused.stderr
+    assert retried.returncode == 0, retried.stderr
+    assert "1 of 1 failed mails imported" in retried.stdout
+    assert _rows(db_url, "SELECT id, status, failure FROM mail.messages") == [
+        (mail_id, "unlinked", None)
+    ]
+    assert _erpmail("mail", "failed", env=env).stdout.strip() == "no failed mails"
+    assert _erpmail("archive", "check", env=env).returncode == 0

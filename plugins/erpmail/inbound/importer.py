@@ -1,13 +1,16 @@
 """The mailbox import: fetch, parse, dedupe, archive, link; only then change the server.
 
-Per location (``mail.import_locations``): a PostgreSQL advisory lock keeps runs apart;
-``fetch`` finds the mails (above the watermark, or a backfill's interval) and fetches them a
-chunk ahead; each chunk is parsed here and stored by ``store`` in one transaction (together,
-or mail by mail where tickets or autoreplies depend on the mail before, or a mail is large);
-only after the commit are the mails flagged, moved or deleted and the watermark advanced: a
-crash in between means the next run meets the same mails again and the dedupe recognises them.
-Nothing here starts a process: the import runs inside an executor's task process (a Celery
-worker's child may not have children); locations run in parallel as mapped tasks.
+Per location (``mail.import_locations``): a PostgreSQL advisory lock keeps runs apart; the
+run first removes what an interrupted one left (``pending``) and retries mails kept as
+failed (``filing``). ``fetch`` finds the mails (above the watermark, or a backfill's
+interval) and fetches them a chunk ahead; each chunk is parsed here and stored in one
+transaction (together by ``store``, or mail by mail by ``filing`` where tickets or
+autoreplies depend on the mail before, or a mail is large). A mail whose filing fails is
+kept raw as ``failed``. Only after the commit are the mails flagged, moved or deleted and
+the watermark advanced: a crash in between means the next run meets the same mails again
+and recognises them by their bytes. Nothing here starts a process: the import runs inside
+an executor's task process (a Celery worker's child may not have children); locations run
+in parallel as mapped tasks.
 """
 
 from __future__ import annotations
