@@ -286,3 +286,19 @@ def test_form_fields_of_the_connection_type():
     behaviour = SmtpHook.get_ui_field_behaviour()
     assert behaviour["hidden_fields"] == ["schema"]
     assert behaviour["placeholders"]["security"] == "starttls/tls/none"
+
+
+def test_a_server_echoing_the_auth_data_never_gets_it_stored_or_logged(
+    monkeypatch, smtp_server, caplog
+):
+    import base64
+
+    monkeypatch.setattr(smtp_server, "echo_auth", True)
+    hook = smtp_connection(monkeypatch, smtp_server, password="Geheim-1234")
+    with pytest.raises(SmtpAccountError, match="535") as e:
+        hook.session()
+    login = smtp_server.credentials[0]
+    echoed = base64.b64encode(f"\0{login}\0Geheim-1234".encode()).decode()
+    assert "Authentication failed" in str(e.value) and "***" in str(e.value)
+    assert echoed not in str(e.value) and "Geheim-1234" not in str(e.value)
+    assert echoed not in caplog.text

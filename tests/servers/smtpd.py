@@ -10,6 +10,7 @@ message is recorded first); `delay(stage, seconds)` sleeps before replying. Each
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import threading
 import time
@@ -133,6 +134,8 @@ class SmtpServer:
     ca_file: Path
     users: dict[str, str]
     auth_required: bool = False
+    # a careless server: its 535 repeats what the client sent (AUTH PLAIN's base64)
+    echo_auth: bool = False
     _messages: list[Received] = field(default_factory=list, repr=False)
     _faults: list[_Fault] = field(default_factory=list, repr=False)
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
@@ -236,7 +239,13 @@ class SmtpServer:
             auth_data.login.decode(errors="replace")
         ) == auth_data.password.decode(errors="replace")
         # handled=False: on failure aiosmtpd itself must send the 535.
-        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+        message = None
+        if not ok and self.echo_auth and isinstance(auth_data, LoginPassword):
+            echoed = base64.b64encode(b"\0" + auth_data.login + b"\0" + auth_data.password)
+            message = f"535 5.7.8 Authentication failed: {mechanism} {echoed.decode()}"
+        return AuthResult(
+            success=ok, handled=False, auth_data=auth_data if ok else None, message=message
+        )
 
 
 def start_smtpd(

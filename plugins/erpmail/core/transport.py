@@ -9,6 +9,9 @@ host names are always verified. The Connections form shows the same three fields
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from typing import Any, Literal
 
 Security = Literal["tls", "starttls", "none"]
 SECURITY_MODES: tuple[Security, ...] = ("tls", "starttls", "none")
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}")
 # names other mail software uses for the same mode, accepted for existing connections
 ALIASES = {"ssl": "tls", "smtps": "tls", "imaps": "tls"}
 
@@ -129,3 +133,23 @@ def ui_field_behaviour(protocol: Protocol) -> dict[str, Any]:
 
 def _either(names: list[str]) -> str:
     return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def redact(text: str, login: str | None, password: str | None) -> str:
+    """A server's reply as it may be stored or logged: the password, and any base64 token
+    that decodes to something holding it (``AUTH PLAIN``'s ``\\0login\\0password``, ``AUTH
+    LOGIN``'s password line), replaced by ``***``; the login too where it equals the password."""
+    if not password:
+        return text
+    secret = password.encode()
+
+    def hide(match: re.Match) -> str:
+        token = match.group(0)
+        try:
+            decoded = base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            return token
+        return "***" if secret in decoded else token
+
+    text = _BASE64_TOKEN.sub(hide, text.replace(password, "***"))
+    return text.replace(login, "***") if login and login == password else text

@@ -24,6 +24,7 @@ from erpmail.core.transport import (
     IMAP,
     TransportSettings,
     read_settings,
+    redact,
     tls_context,
     ui_field_behaviour,
 )
@@ -174,7 +175,7 @@ class ImapHook(BaseHook):
                 client.noop()
         except Exception as exc:  # the page shows any failure as text
             message = str(exc) if isinstance(exc, ImapError) else f"{type(exc).__name__}: {exc}"
-            return False, message.replace(conn.password, "***") if conn.password else message
+            return False, redact(message, conn.login, conn.password)
         return True, f"{s.host}:{s.port} over {s.security}, logged in as {conn.login!r}"
 
 

@@ -26,6 +26,7 @@ from erpmail.core.transport import (
     SMTP,
     TransportSettings,
     read_settings,
+    redact,
     tls_context,
     ui_field_behaviour,
 )
@@ -273,10 +274,10 @@ class SmtpHook(BaseHook):
             self._open.close()
             self._open = None
 
-    def _fail(self, reason: str, password: str | None) -> SmtpAccountError:
-        if password:
-            reason = reason.replace(password, "***")
-        return SmtpAccountError(self.account, reason)
+    def _fail(
+        self, reason: str, password: str | None, login: str | None = None
+    ) -> SmtpAccountError:
+        return SmtpAccountError(self.account, redact(reason, login, password))
 
     def _connection(self):
         try:
@@ -337,6 +338,7 @@ class SmtpHook(BaseHook):
             raise self._fail(
                 f"{where}: login as {conn.login!r} refused: {e.smtp_code} {_text(e.smtp_error)}",
                 password,
+                conn.login,
             ) from None
         except (smtplib.SMTPException, OSError) as e:  # OSError covers timeouts
             _close(client)
