@@ -56,3 +56,31 @@ def test_choose_route_refuses_invalid_address() -> None:
         contact_email="c@d.example.com",
     )
     assert route.paper_reason == "blocked"
+
+
+def test_a_hostile_partner_number_cannot_name_a_path_or_reorder_the_subject(ledger) -> None:
+    import email
+    from email import policy
+
+    hostile = "..\\..\\evil:x\u202efdp.exe\u0007/CON"
+    run = dunning_run()
+    with db.transaction(ledger) as cur:  # a partner with a letter by mail gets a hostile number
+        cur.execute(
+            "UPDATE erp.partners SET number = %s WHERE id = (SELECT min(l.partner_id) FROM"
+            " erp.letters l JOIN erp.partners p ON p.id = l.partner_id WHERE l.run_id = %s"
+            " AND p.email LIKE '%%@%%.%%' AND NOT p.email_blocked) RETURNING id",
+            (hostile, run),
+        )
+        assert cur.fetchone() is not None
+    run_steps(run)
+    (letter,) = [row for row in rows(ledger, LETTERS, run) if row[1] == hostile]
+    assert letter[2] == "released", letter
+    ((mime,),) = rows(ledger, "SELECT mime FROM mail.outbox WHERE id = %s", letter[5])
+    msg = email.message_from_bytes(bytes(mime), policy=policy.default)
+    (attachment,) = list(msg.iter_attachments())
+    name = attachment.get_filename()
+    assert name.endswith(".pdf") and name.startswith("Zahlungserinnerung")
+    assert not any(ch in name for ch in "/\\:\u202e\u0007")
+    assert len(name.encode()) <= 200
+    subject = str(msg["Subject"])
+    assert "\u202e" not in subject and "evil" in subject  # the number is shown, not obeyed

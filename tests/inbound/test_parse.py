@@ -7,6 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from erpmail.core import filenames
 from erpmail.inbound import parse
 from tests import mailcorpus
 
@@ -69,7 +70,7 @@ def test_decoded_headers_bodies_and_attachments():
 )
 def test_sanitize_filename(name, safe):
     assert parse.sanitize_filename(name, "fallback.bin") == safe
-    assert len(safe.encode()) <= parse.MAX_FILENAME_BYTES
+    assert len(safe.encode()) <= filenames.MAX_FILENAME_BYTES
 
 
 def test_a_second_long_name_stays_within_the_byte_cap():
@@ -77,7 +78,7 @@ def test_a_second_long_name_stays_within_the_byte_cap():
     name = parse.sanitize_filename("Счёт" * 40 + ".pdf", "x")
     first, second = parse.unique_name(name, taken), parse.unique_name(name, taken)
     assert first == name and second.endswith(" (2).pdf") and second != first
-    assert len(second.encode()) <= parse.MAX_FILENAME_BYTES
+    assert len(second.encode()) <= filenames.MAX_FILENAME_BYTES
 
 
 def test_large_base64_attachment_decodes_in_slices():

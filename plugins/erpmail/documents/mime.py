@@ -19,6 +19,7 @@ from email.utils import format_datetime, parseaddr
 
 from email_validator import EmailNotValidError, validate_email
 
+from erpmail.core import filenames
 from erpmail.documents.templates import InlineImage
 
 __all__ = [
@@ -76,6 +77,7 @@ def _address(value: str | tuple[str, str], context: str, field: str) -> Address:
         if not addr:
             raise MessageError(f"{_where(context, field)}: invalid address {value!r}")
     _refuse_newlines(name or "", context, f"{field} display name")
+    name = filenames.without_bidi_controls(name or "")
     local, _, domain = check_address(addr, context=context, field=field).rpartition("@")
     return Address(display_name=name or "", username=local, domain=domain)
 
@@ -124,7 +126,8 @@ def build_message(
         msg["Cc"] = tuple(_address(a, context, "cc") for a in cc)
     if reply_to:
         msg["Reply-To"] = _address(reply_to, context, "reply_to")
-    msg["Subject"] = _refuse_newlines(subject, context, "subject")
+    # no reordering controls: a partner's name must not turn "exe.pdf" into "pdf.exe"
+    msg["Subject"] = filenames.without_bidi_controls(_refuse_newlines(subject, context, "subject"))
     moment = date or datetime.now(UTC)
     if moment.tzinfo is None:
         raise MessageError(f"{_where(context, 'date')}: naive datetime {moment!r}")
@@ -156,15 +159,14 @@ def build_message(
                 maintype=maintype,
                 subtype=subtype,
                 cid=f"<{image.cid}>",
-                filename=image.filename,
+                filename=filenames.safe_filename(image.filename, f"image.{subtype or 'bin'}"),
                 disposition="inline",
             )
     elif inline_images:
         raise MessageError(f"{_where(context, 'inline_images')}: inline images need an HTML body")
-    for attachment in attachments:
+    for n, attachment in enumerate(attachments, start=1):
         _refuse_newlines(attachment.filename, context, "attachment file name")
         maintype, _, subtype = attachment.mime_type.partition("/")
-        msg.add_attachment(
-            attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
-        )
+        name = filenames.safe_filename(attachment.filename, f"attachment-{n}.{subtype or 'bin'}")
+        msg.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=name)
     return msg

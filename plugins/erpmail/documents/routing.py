@@ -125,7 +125,9 @@ def _letter_message(
         html=rendered.html,
         attachments=[
             mime.Attachment(
-                filename=f"{rendered.subject.replace('/', '-')}.pdf", data=archive.read(pdf_path)
+                # named from the subject; build_message makes it a safe file name
+                filename=f"{rendered.subject}.pdf",
+                data=archive.read(pdf_path),
             )
         ],
         inline_images=rendered.signature.images if rendered.signature else (),

@@ -19,7 +19,6 @@ import hashlib
 import io
 import mimetypes
 import re
-import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from email.parser import BytesFeedParser
 from email.utils import parsedate_to_datetime
 from typing import BinaryIO
 
+from erpmail.core import filenames
 from erpmail.inbound import boundary, headers
 from erpmail.inbound.headers import MAX_HEADER_CHARS
 
@@ -37,10 +37,6 @@ DECODE_CHUNK = 1024 * 1024
 MAX_DEPTH = 100  # MIME nesting beyond this is kept in the raw .eml only
 MAX_SUBJECT_CHARS = 2000
 MAX_BODY_CHARS = 1_000_000  # the full body stays in the .eml; the row holds a searchable part
-# A file name in bytes (UTF-8): the store's temp name adds 38 (".", ".<32 hex>.tmp") and a
-# second attachment of the same name " (NN)"; 255 is the usual file-system limit.
-MAX_FILENAME_BYTES = 200
-MAX_EXTENSION_CHARS = 16
 MAX_ADDRESSES = 500
 MAX_REFERENCES = 100
 MIME_HEADERS = ("content-type", "content-transfer-encoding", "content-disposition")
@@ -64,8 +60,6 @@ _BARE_MSGID = re.compile(r"[^<>\s]{1,900}")
 _BAD_QP = re.compile(r"=(?![0-9A-Fa-f]{2}|[ \t]*\r?\n|[ \t]*$)")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=]*")
-_UNSAFE_NAME = re.compile(r'[<>:"|?*]')
-_DOTS = re.compile(r"\.{2,}")
 _PATHLIKE = re.compile(r"[/\\]|\.\.|[\x00-\x1f\x7f]")
 _ENCODED_WORD = re.compile(r"=\?([^?*\s]{1,60})(?:\*[^?]*)?\?[bBqQ]\?")
 # Header names policy.default parses as unstructured text.
@@ -141,27 +135,9 @@ def clean_text(text: str, limit: int | None = None) -> str:
 
 
 def sanitize_filename(name: str | None, fallback: str) -> str:
-    """A file name safe as one path segment: last component only, no ``..``, no controls."""
-    name = unicodedata.normalize("NFC", clean_text((name or "").replace("\x00", "")))
-    name = re.split(r"[/\\]", name)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
-    name = _DOTS.sub(".", _UNSAFE_NAME.sub("_", name)).strip(" .")
-    if not name:
-        name = fallback
-    if len(name.encode()) <= MAX_FILENAME_BYTES:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    if not (dot and stem):
-        stem, ext = name, ""
-    return capped_name(stem, ext[:MAX_EXTENSION_CHARS])
-
-
-def capped_name(stem: str, ext: str, limit: int = MAX_FILENAME_BYTES) -> str:
-    """``stem.ext`` within ``limit`` bytes of UTF-8, cut at a character, never in the extension."""
-    suffix = f".{ext}" if ext else ""
-    room = limit - len(suffix.encode())
-    cut = stem.encode()[:room].decode("utf-8", "ignore").rstrip(" .")
-    return (cut or "_") + suffix
+    """A file name safe as one path segment: the last component only (``filenames``)."""
+    name = re.split(r"[/\\]", clean_text((name or "").replace("\x00", "")))[-1]
+    return filenames.safe_filename(name, fallback)
 
 
 def unique_name(name: str, taken: set[str]) -> str:
@@ -175,7 +151,8 @@ def unique_name(name: str, taken: set[str]) -> str:
     n = 2
     while True:
         suffix = f" ({n}).{ext}" if ext else f" ({n})"
-        candidate = capped_name(stem, "", MAX_FILENAME_BYTES - len(suffix.encode())) + suffix
+        room = filenames.MAX_FILENAME_BYTES - len(suffix.encode())
+        candidate = filenames.capped_name(stem, "", room) + suffix
         if candidate.lower() not in taken:
             taken.add(candidate.lower())
             return candidate
