@@ -228,13 +228,20 @@ def test_render_batch_renders_in_this_process_in_order_and_fails_alone(seeded_db
         ),
     )
     letters[5] = pdf.LetterSource(letters[5].key, letters[5].html.replace(pdf.LETTER_CSS_LINK, ""))
+    # a forbidden attachment is fetched only when the PDF is written: it fails that letter alone
+    letters[1] = pdf.LetterSource(
+        letters[1].key,
+        letters[1].html.replace(
+            "</body>", '<a rel="attachment" href="file:///etc/passwd">x</a></body>'
+        ),
+    )
     children = multiprocessing.active_children()
     results = pdf.render_batch(letters)
 
     assert multiprocessing.active_children() == children  # no process started
     assert [r.key for r in results] == [c.partner.number for c in contexts]
-    assert [r.ok for r in results] == [True, True, True, False, True, True, True]
-    assert "refused" in results[3].error
+    assert [r.ok for r in results] == [True, False, True, False, True, True, True]
+    assert "refused" in results[3].error and "/etc/passwd" in results[1].error
     for context, result in zip(contexts, results, strict=True):
         if result.ok:
             assert re.search(rf"\b{context.partner.number}\b", pdf_text(result.pdf))
