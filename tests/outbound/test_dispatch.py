@@ -378,3 +378,34 @@ def _ctx(ca_file):
     import ssl
 
     return ssl.create_default_context(cafile=str(ca_file))
+
+
+def test_an_idn_domain_goes_as_punycode_and_a_unicode_mailbox_needs_smtputf8(
+    db, monkeypatch, smtpd_factory
+):
+    users = {"erpmail": "Geheim-1234"}
+    with_utf8 = smtpd_factory(users=users, auth_required=True)
+    without = smtpd_factory(users=users, auth_required=True, smtputf8=False)
+    for name, server in (("utf8", with_utf8), ("ascii", without)):
+        account = account_on(db, monkeypatch, server, name=name)
+        enqueue_many(db, account, 1, prefix=f"{name}-idn-", to=["info@bücher.example"])
+        enqueue_many(db, account, 1, prefix=f"{name}-local-", to=["jürgen@bücher.example"])
+
+    summary = dispatcher.dispatch()
+
+    assert (summary.sent, summary.failed) == (3, 1)
+    # the domain in IDNA form, in the envelope as in the header; no SMTPUTF8 needed for it
+    got = {tuple(m.rcpt_tos): m for m in with_utf8.wait_for(2)}
+    assert set(got) == {("info@xn--bcher-kva.example",), ("jürgen@xn--bcher-kva.example",)}
+    assert b"To: info@xn--bcher-kva.example" in got[("info@xn--bcher-kva.example",)].data
+    assert (
+        "To: jürgen@xn--bcher-kva.example".encode() in got[("jürgen@xn--bcher-kva.example",)].data
+    )
+    assert [m.rcpt_tos for m in without.wait_for(1)] == [["info@xn--bcher-kva.example"]]
+    with transaction(db) as cur:
+        cur.execute(
+            "SELECT status, smtp_code, smtp_reply FROM mail.outbox WHERE key = 'ascii-local-0'"
+        )
+        status, code, reply = cur.fetchone()
+    assert (status, code) == ("failed", None)
+    assert "non-ASCII local part" in reply and "SMTPUTF8" in reply

@@ -256,10 +256,12 @@ def start_smtpd(
     users: dict[str, str] | None = None,
     require_starttls: bool = False,
     auth_required: bool = False,
+    smtputf8: bool = True,
 ) -> SmtpServer:
     """Start a server presenting `certs.server_context(which)`'s certificate. `mode`:
     "starttls" offers STARTTLS, "plain" offers none (and allows AUTH in the clear, so a
-    client has to refuse on its own), "smtps" is TLS from the first byte."""
+    client has to refuse on its own), "smtps" is TLS from the first byte. `smtputf8`: whether
+    the server offers SMTPUTF8."""
     server = SmtpServer(HOST, 0, mode, certs.ca_cert, dict(users or {}), auth_required)
     tls_ctx = certs.server_context(which) if mode != "plain" else None
     kwargs = dict(
@@ -272,7 +274,7 @@ def start_smtpd(
         auth_require_tls=mode == "starttls",
         require_starttls=require_starttls and mode == "starttls",
         decode_data=False,
-        enable_SMTPUTF8=True,
+        enable_SMTPUTF8=smtputf8,
     )
     if mode == "starttls":
         kwargs["tls_context"] = tls_ctx

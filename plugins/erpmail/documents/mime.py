@@ -59,7 +59,7 @@ def check_address(address: str, *, context: str = "", field: str = "email") -> s
     """The address normalised (IDNA domain), or ``MessageError`` naming context and field."""
     _refuse_newlines(address, context, field)
     try:
-        checked = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=False)
+        checked = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
         raise MessageError(f"{_where(context, field)}: invalid address {address!r}: {exc}") from exc
     # email-validator lowercases the local part; a mailbox may care, so keep it as given
@@ -169,4 +169,13 @@ def build_message(
         maintype, _, subtype = attachment.mime_type.partition("/")
         name = filenames.safe_filename(attachment.filename, f"attachment-{n}.{subtype or 'bin'}")
         msg.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=name)
+    # a non-ASCII local part cannot be encoded in a header: such mail goes as UTF-8, by a
+    # server that offers SMTPUTF8 (the dispatcher fails it alone with one that does not)
+    if not all(
+        address.username.isascii()
+        for name in ("From", "To", "Cc", "Reply-To")
+        if msg[name] is not None
+        for address in msg[name].addresses
+    ):
+        msg.policy = policy.SMTPUTF8
     return msg

@@ -396,7 +396,7 @@ def _send_batch(
             status = marks.status
             if status != "sent":
                 log.warning(
-                    "account %r: %s %s at %s: %d %s",
+                    "account %r: %s %s at %s: %s %s",
                     account.name,
                     message.key,
                     "deferred" if status == "queued" else "failed",

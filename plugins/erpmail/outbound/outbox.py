@@ -454,7 +454,7 @@ def _throttle(account: Account) -> tuple[tuple[str, object], ...]:
 
 def _deferral(delivery: Delivery, states: list, codes: list, replies: list) -> str:
     if delivery.outcome != "sent":
-        return f"{delivery.stage}: {delivery.code} {delivery.reply}"
+        return " ".join(str(p) for p in (f"{delivery.stage}:", delivery.code, delivery.reply) if p)
     # accepted for some recipients, deferred for others: name the first deferral
     code, reply = next(
         (c, r) for s, c, r in zip(states, codes, replies, strict=True) if s == "pending"
@@ -462,8 +462,9 @@ def _deferral(delivery: Delivery, states: list, codes: list, replies: list) -> s
     return f"RCPT: {states.count('pending')} recipient(s) deferred: {code} {reply}"
 
 
-def _refusal(code: int) -> str:
-    return "refused" if 500 <= code < 600 else "pending"
+def _refusal(code: int | None) -> str:
+    # None: refused by us before the server could answer, which no retry changes
+    return "refused" if code is None or 500 <= code < 600 else "pending"
 
 
 def _defer(

@@ -31,7 +31,7 @@ from erpmail.core.transport import (
     ui_field_behaviour,
 )
 from erpmail.outbound.dotstuff import stuff_dots
-from erpmail.outbound.envelope import envelope_address
+from erpmail.outbound.envelope import ascii_domain, envelope_address
 
 Outcome = Literal["sent", "deferred", "failed"]
 
@@ -73,7 +73,7 @@ class Delivery:
     """
 
     outcome: Outcome
-    code: int
+    code: int | None  # None: refused before any server reply
     reply: str
     stage: Literal["MAIL", "RCPT", "DATA"]
     recipients: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -147,9 +147,19 @@ class SmtpSession:
         options = []
         if c.does_esmtp and c.has_extn("size"):
             options.append(f"SIZE={len(mime)}")
-        if not all(a.isascii() for a in [envelope_from, *recipients]):
+        # domains go as IDNA; only a non-ASCII local part needs the server's SMTPUTF8
+        envelope_from = ascii_domain(envelope_from)
+        wire = {address: ascii_domain(address) for address in recipients}
+        unicode_local = [a for a in [envelope_from, *wire.values()] if not a.isascii()]
+        if unicode_local:
             if not c.has_extn("smtputf8"):
-                return Delivery("failed", 553, "server does not offer SMTPUTF8", "MAIL")
+                return Delivery(
+                    "failed",
+                    None,
+                    f"not sent: {unicode_local[0]!r} has a non-ASCII local part, which needs"
+                    " SMTPUTF8, and this server does not offer it",
+                    "MAIL",
+                )
             options += ["SMTPUTF8", "BODY=8BITMIME"]
         elif c.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
@@ -159,7 +169,7 @@ class SmtpSession:
             return Delivery(classify(code), code, reply, "MAIL")
         answers: dict[str, tuple[int, str]] = {}
         for address in recipients:
-            rcode, rreply = self._command(self._rcpt, address, after_dot=False)
+            rcode, rreply = self._command(self._rcpt, wire[address], after_dot=False)
             answers[address] = (rcode, rreply)
             if rcode == 421:  # the server is closing: the rest cannot be tried now
                 self._dead()
