@@ -16,6 +16,7 @@ import pytest
 
 from erpmail.core.db import transaction
 from erpmail.outbound import dispatch as dispatcher
+from erpmail.outbound import outbox
 from tests import mailcorpus
 from tests.mailaccounts import account_on
 from tests.outboxmail import enqueue_many, outbox_recipients, outbox_row, outbox_statuses
@@ -261,24 +262,30 @@ def test_four_processes_send_each_message_once(db, monkeypatch, smtp_server, tmp
     assert sum(1 for s in summaries if s["sent"]) >= 2
 
 
-def test_kill_9_mid_batch_loses_nothing_and_flags_duplicates(db, monkeypatch, smtp_server):
+def test_kill_9_mid_batch_loses_nothing_and_flags_only_what_may_be_doubled(
+    db, monkeypatch, smtp_server
+):
     account = account_on(db, monkeypatch, smtp_server)
-    enqueue_many(db, account, 30)
+    enqueue_many(db, account, 45)
     smtp_server.delay("DATA", 0.3)  # after the dot: the server keeps what the killed client sent
-    proc = start_dispatcher(budget_seconds=120, batch_size=10)
-    smtp_server.wait_for(4, timeout=60)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sending_at_kills: set[str] = set()
+    reclaimed = 0
+    for _kill in range(3):  # three runs killed mid-batch, each reclaimed by the next
+        before = len(smtp_server.messages)
+        proc = start_dispatcher(budget_seconds=120, batch_size=10)
+        smtp_server.wait_for(before + 3, timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with transaction(db) as cur:
+            cur.execute("SELECT message_id FROM mail.outbox WHERE status = 'sending'")
+            sending_at_kills |= {r[0] for r in cur.fetchall()}
+        time.sleep(0.5)  # let the server finish the DATA it was holding at the kill
+        reclaimed += len(outbox.reclaim_stuck(db, timeout_seconds=0))
     with transaction(db) as cur:
-        cur.execute("SELECT message_id FROM mail.outbox WHERE status = 'sending'")
-        sending_at_kill = {r[0] for r in cur.fetchall()}
         cur.execute("SELECT message_id FROM mail.outbox")
         all_ids = {r[0] for r in cur.fetchall()}
-    assert sending_at_kill
-    time.sleep(0.5)  # let the server finish the DATA it was holding at the kill
-    summary = dispatcher.dispatch(stuck_after_seconds=0)
-    assert summary.reclaimed == len(sending_at_kill)
-    assert outbox_statuses(db) == {"sent": 30}
+    dispatcher.dispatch()
+    assert outbox_statuses(db) == {"sent": 45}
     with transaction(db) as cur:
         cur.execute("SELECT message_id FROM mail.outbox WHERE sent_uncertain")
         uncertain = {r[0] for r in cur.fetchall()}
@@ -286,8 +293,15 @@ def test_kill_9_mid_batch_loses_nothing_and_flags_duplicates(db, monkeypatch, sm
     assert set(counts) == all_ids  # nothing lost
     twice = {mid for mid, n in counts.items() if n > 1}
     assert max(counts.values()) <= 2
-    assert twice <= sending_at_kill and twice <= uncertain
-    assert uncertain == sending_at_kill
+    assert twice <= uncertain <= sending_at_kills  # every duplicate flagged
+    print(
+        f"3 kills: {len(sending_at_kills)} claimed at a kill, {len(uncertain)} flagged"
+        f" sent_uncertain, {len(twice)} received twice: ratio flagged / doubled"
+        f" {len(uncertain) / max(1, len(twice)):.2f}"
+    )
+    # only a message whose text had started to go may be flagged: one per kill at most
+    # beyond those really doubled, not every message of the claimed batches
+    assert len(uncertain - twice) <= 3 and reclaimed >= len(sending_at_kills)
 
 
 def _receive_gaps(server, n):

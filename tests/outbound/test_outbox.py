@@ -236,22 +236,28 @@ def test_record_dropped_after_dot_flags_uncertain(db):
     assert (outbox_row(db, b)["status"], outbox_row(db, b)["sent_uncertain"]) == ("queued", True)
 
 
-def test_reclaim_stuck_marks_sent_uncertain(db):
+def test_reclaim_stuck_flags_only_what_may_have_been_delivered(db):
     account = add_account(db)
-    old, fresh = enqueue_many(db, account, 2)
-    outbox.claim(db, account, worker="dead", limit=2)
+    in_data, before_data, fresh = enqueue_many(db, account, 3)
+    claimed = {m.id: m for m in outbox.claim(db, account, worker="dead", limit=3).messages}
+    outbox.mark_data_sent(db, claimed[in_data])  # its text and final dot were on their way
     with transaction(db) as cur:
         cur.execute(
-            "UPDATE mail.outbox SET claimed_at = now() - interval '20 minutes' WHERE id = %s",
-            (old,),
+            "UPDATE mail.outbox SET claimed_at = now() - interval '20 minutes' WHERE id <> %s",
+            (fresh,),
         )
-    assert outbox.reclaim_stuck(db, timeout_seconds=600) == [old]
-    stored = outbox_row(db, old)
-    assert (
-        stored["status"] == "queued" and stored["sent_uncertain"] and stored["claimed_by"] is None
-    )
-    assert "dead" in stored["last_error"]
+    assert sorted(outbox.reclaim_stuck(db, timeout_seconds=600)) == sorted([in_data, before_data])
+    maybe, never = outbox_row(db, in_data), outbox_row(db, before_data)
+    assert (maybe["status"], maybe["sent_uncertain"], maybe["claimed_by"]) == ("queued", True, None)
+    assert "dead" in maybe["last_error"] and "may have been delivered" in maybe["last_error"]
+    assert (never["status"], never["sent_uncertain"]) == ("queued", False)
+    assert "never reached the end of DATA" in never["last_error"]
     assert outbox_row(db, fresh)["status"] == "sending"
+    # claimed again, the mark of the earlier attempt is gone
+    (again,) = [
+        m for m in outbox.claim(db, account, worker="w", limit=3).messages if m.id == in_data
+    ]
+    assert outbox_row(db, again.id)["data_sent_at"] is None
 
 
 def test_release_returns_messages_untouched(db):
@@ -279,6 +285,7 @@ def test_a_late_verdict_never_overwrites_the_new_owner(db):
     account = add_account(db)
     (oid,) = enqueue_many(db, account, 1)
     (stale,) = outbox.claim(db, account, worker="slow", limit=1).messages
+    outbox.mark_data_sent(db, stale)
     assert outbox.reclaim_stuck(db, timeout_seconds=0) == [oid]
     (fresh,) = outbox.claim(db, account, worker="w2", limit=1).messages
     late = Delivery("failed", 550, "5.0.0 late", "DATA", {stale.recipients[0]: (250, "OK")})

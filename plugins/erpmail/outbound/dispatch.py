@@ -10,6 +10,7 @@ After the server accepted a message, a copy goes to the account's Sent folder ov
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -376,7 +377,12 @@ def _send_batch(
                 return False
             handled += 1
             try:
-                delivery = session.send(message.envelope_from, message.recipients, message.mime)
+                delivery = session.send(
+                    message.envelope_from,
+                    message.recipients,
+                    message.mime,
+                    before_dot=functools.partial(outbox.mark_data_sent, conn, message),
+                )
             except SmtpDropped as e:
                 log.warning(
                     "account %r: %s while sending %s; retrying later%s",

@@ -41,7 +41,8 @@ INSERT INTO mail.outbox_recipients (outbox_id, address) SELECT %s, unnest(%s::te
 # status is re-checked on the locked row version, so a row is claimed by one worker only.
 CLAIM = """
 UPDATE mail.outbox o
-SET status = 'sending', claimed_by = %(worker)s, claimed_at = clock_timestamp()
+SET status = 'sending', claimed_by = %(worker)s, claimed_at = clock_timestamp(),
+    data_sent_at = NULL
 WHERE o.id IN (
     SELECT id FROM mail.outbox
     WHERE account_id = %(account_id)s AND status = 'queued'
@@ -67,13 +68,26 @@ UPDATE mail.outbox
 SET status = 'queued', claimed_by = NULL, claimed_at = NULL, last_error = %(reason)s
 WHERE id = ANY(%(ids)s) AND status = 'sending'
   AND (%(worker)s::text IS NULL OR claimed_by = %(worker)s)"""
+# Only a message whose final dot may have gone (data_sent_at) can have been delivered; when
+# PostgreSQL restarted since the claim, an asynchronously committed mark may be lost, so
+# every such claim counts as possibly delivered.
 RECLAIM_STUCK = """
 UPDATE mail.outbox
-SET status = 'queued', claimed_by = NULL, claimed_at = NULL, sent_uncertain = true,
+SET status = 'queued', claimed_by = NULL, claimed_at = NULL, data_sent_at = NULL,
+    sent_uncertain = sent_uncertain OR data_sent_at IS NOT NULL
+                     OR claimed_at < pg_postmaster_start_time(),
     last_error = 'reclaimed from ' || coalesce(claimed_by, '?') || ' after '
-                 || %(timeout)s || ' s in sending: may have been delivered already'
+                 || %(timeout)s || ' s in sending: '
+                 || CASE WHEN data_sent_at IS NOT NULL OR claimed_at < pg_postmaster_start_time()
+                         THEN 'may have been delivered already'
+                         ELSE 'it never reached the end of DATA' END
 WHERE status = 'sending' AND claimed_at < clock_timestamp() - make_interval(secs => %(timeout)s)
 RETURNING id"""
+# Just before DATA's final dot, in a transaction of its own (asynchronous: see above).
+MARK_DATA_SENT = """
+SET LOCAL synchronous_commit = off;
+UPDATE mail.outbox SET data_sent_at = clock_timestamp()
+WHERE id = %s AND status = 'sending' AND claimed_by = %s"""
 # A mark lost in a database crash leaves its row in 'sending' (the claim was committed
 # durably), which reclaiming flags sent_uncertain: so marks need not wait for the WAL flush.
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
@@ -365,6 +379,14 @@ def verdict(
         error = _deferral(delivery, states, codes, replies)
         status, statement = _defer(message, policy, args, error=error, partial=accepted)
     return Marks(message.id, status, tuple(rows), (statement, *_throttle(account)))
+
+
+def mark_data_sent(conn, message: OutboxMessage) -> None:
+    """Record that the message's final dot is about to go: from here on a run that dies
+    leaves it possibly delivered (``sent_uncertain`` when reclaimed), before it not."""
+    with conn.cursor() as cur:
+        cur.execute(MARK_DATA_SENT, (message.id, message.claimed_by))
+    conn.commit()
 
 
 def dropped(

@@ -17,6 +17,7 @@ import re
 import smtplib
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,22 +128,36 @@ class SmtpSession:
             self.last_used = time.monotonic()
         return self.alive
 
-    def send(self, envelope_from: str, recipients: list[str], mime: bytes) -> Delivery:
+    def send(
+        self,
+        envelope_from: str,
+        recipients: list[str],
+        mime: bytes,
+        before_dot: Callable[[], None] | None = None,
+    ) -> Delivery:
         """Send ``mime`` to ``recipients`` (the envelope; headers are not consulted).
 
-        Returns the server's verdict; raises :class:`SmtpDropped` when the connection breaks,
-        after which the session is dead.
+        ``before_dot`` is called once the server takes DATA, before the text and its final
+        dot are sent; if it raises, nothing more is sent and the session is dead. Returns the server's verdict;
+        raises :class:`SmtpDropped` when the connection breaks, after which the session is
+        dead.
         """
         self.sent += 1
         try:
-            return self._send(envelope_from, recipients, mime)
-        except SmtpDropped:
+            return self._send(envelope_from, recipients, mime, before_dot)
+        except BaseException:
             self._dead()
             raise
         finally:
             self.last_used = time.monotonic()
 
-    def _send(self, envelope_from: str, recipients: list[str], mime: bytes) -> Delivery:
+    def _send(
+        self,
+        envelope_from: str,
+        recipients: list[str],
+        mime: bytes,
+        before_dot: Callable[[], None] | None,
+    ) -> Delivery:
         c = self.client
         options = []
         if c.does_esmtp and c.has_extn("size"):
@@ -180,7 +195,7 @@ class SmtpSession:
             worst = min(answers.values(), key=lambda a: (classify(a[0]) != "deferred", a[0]))
             self._reset(worst[0])
             return Delivery(classify(worst[0]), worst[0], worst[1], "RCPT", answers)
-        code, reply = self._data(mime)
+        code, reply = self._data(mime, before_dot)
         if code != 250:
             self._reset(code)
             return Delivery(classify(code), code, reply, "DATA", answers)
@@ -203,7 +218,7 @@ class SmtpSession:
             raise SmtpDropped(f"connection lost: {e}", after_dot=after_dot) from e
         return code, _text(reply)
 
-    def _data(self, mime: bytes) -> tuple[int, str]:
+    def _data(self, mime: bytes, before_dot: Callable[[], None] | None) -> tuple[int, str]:
         # smtplib.data() cannot tell a drop before the final dot from one after it
         c = self.client
         code, reply = self._command(lambda: (c.putcmd("data"), c.getreply())[1], after_dot=False)
@@ -212,6 +227,8 @@ class SmtpSession:
         payload = stuff_dots(mime)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
+        if before_dot is not None:  # the text and its dot go in one send: one segment apart
+            before_dot()
         try:
             c.send(payload + b".\r\n")
         except (smtplib.SMTPServerDisconnected, OSError) as e:
