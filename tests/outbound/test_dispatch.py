@@ -12,6 +12,7 @@ from collections import Counter
 from email import message_from_bytes
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from erpmail.core.db import transaction
@@ -423,3 +424,41 @@ def test_an_idn_domain_goes_as_punycode_and_a_unicode_mailbox_needs_smtputf8(
         status, code, reply = cur.fetchone()
     assert (status, code) == ("failed", None)
     assert "non-ASCII local part" in reply and "SMTPUTF8" in reply
+
+
+def test_postgres_stopped_hard_mid_dispatch_loses_nothing_and_flags_every_duplicate(
+    monkeypatch, smtp_server, own_postgres
+):
+    monkeypatch.setenv("ERPMAIL_DB_URL", own_postgres.url)
+    conn = psycopg2.connect(own_postgres.url)
+    account = account_on(conn, monkeypatch, smtp_server)
+    enqueue_many(conn, account, 40)
+    conn.close()
+    smtp_server.delay("DATA", 0.05)
+    proc = start_dispatcher(budget_seconds=120, batch_size=10)
+    smtp_server.wait_for(8, timeout=60)
+
+    own_postgres.crash()  # no checkpoint: asynchronously committed marks may be gone
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # a run that cannot reach its database is stopped
+        proc.kill()
+        proc.wait()
+    own_postgres.start()  # crash recovery from the WAL
+    time.sleep(0.5)
+    summary = dispatcher.dispatch(stuck_after_seconds=0)
+
+    conn = psycopg2.connect(own_postgres.url)
+    assert outbox_statuses(conn) == {"sent": 40}
+    with transaction(conn) as cur:
+        cur.execute("SELECT message_id, sent_uncertain FROM mail.outbox")
+        flagged = dict(cur.fetchall())
+    conn.close()
+    counts = message_ids(smtp_server)
+    twice = {mid for mid, n in counts.items() if n > 1}
+    assert set(counts) == set(flagged)  # 0 mails lost
+    assert all(flagged[mid] for mid in twice)  # every duplicate flagged
+    print(
+        f"PostgreSQL stopped hard mid-dispatch: {len(twice)} received twice,"
+        f" {sum(flagged.values())} flagged sent_uncertain, {summary.reclaimed} reclaimed"
+    )

@@ -1,4 +1,5 @@
-"""pytest fixtures for real IMAP (Dovecot) and SMTP (aiosmtpd) servers with a test CA.
+"""pytest fixtures for real IMAP (Dovecot) and SMTP (aiosmtpd) servers with a test CA, and a
+PostgreSQL cluster a test may crash.
 
 Loaded with `pytest_plugins = ["tests.servers.fixtures"]`. All servers listen on 127.0.0.1
 (`.host`) on free ports; their certificates name `localhost` and `127.0.0.1`. Trust only
@@ -11,10 +12,13 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from erpmail.core import db
 from tests.servers.dovecot import DOVECOT, Dovecot, ImapUser, start_dovecot
+from tests.servers.postgres import OwnPostgres
 from tests.servers.smtpd import SmtpServer, start_smtpd
 from tests.servers.tlsca import CertSet, make_certs
 
@@ -128,3 +132,16 @@ def smtpd_factory(tls_ca: CertSet) -> Iterator[Callable[..., SmtpServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
+    """A migrated PostgreSQL cluster of this test's own, which it may crash and restart."""
+    cluster = OwnPostgres(tmp_path / "pgdata")
+    try:
+        conn = db.connect(cluster.url)
+        db.migrate(conn)
+        conn.close()
+        yield cluster
+    finally:
+        cluster.remove()
