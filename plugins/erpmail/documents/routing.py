@@ -36,14 +36,20 @@ FOLLOW_OUTBOX = """
 UPDATE erp.letters l SET status = CASE o.status WHEN 'sent' THEN 'sent' ELSE 'failed' END,
        error = CASE WHEN o.status <> 'sent' THEN erp.outbox_failure_reason(o.id) END
   FROM mail.outbox o
- WHERE o.id = l.outbox_id AND l.id = %s AND o.status IN ('sent', 'failed', 'cancelled')"""
+ WHERE o.id = l.outbox_id AND l.id = %s AND o.status IN ('sent', 'bounced', 'failed', 'cancelled')"""
 # The addresses a letter may go to: the contact of the kind's role first, then the partner.
+# An address blocked after its hard bounces (mail.address_health) counts as blocked too.
 ADDRESSES = """
-SELECT p.email, p.email_blocked,
-       (SELECT c.email FROM erp.contacts c
-         WHERE c.partner_id = p.id AND c.role = %(role)s AND coalesce(c.email, '') <> ''
-         ORDER BY c.id LIMIT 1)
+SELECT p.email,
+       p.email_blocked OR EXISTS (
+           SELECT 1 FROM mail.address_health h
+            WHERE h.address = lower(trim(coalesce(c.email, p.email))) AND h.blocked_at IS NOT NULL),
+       c.email
   FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
+  LEFT JOIN LATERAL (
+       SELECT c.email FROM erp.contacts c
+        WHERE c.partner_id = p.id AND c.role = %(role)s AND coalesce(c.email, '') <> ''
+        ORDER BY c.id LIMIT 1) c ON true
  WHERE l.id = %(letter_id)s"""
 
 

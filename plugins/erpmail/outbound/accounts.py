@@ -17,27 +17,28 @@ SAFE_INTERVAL_SECONDS = 60
 
 INSERT_ACCOUNT = """
 INSERT INTO mail.accounts (name, conn_id, from_address, display_name, sender_addresses,
-    is_default, send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    is_default, send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only,
+    bounce_domain)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 RETURNING id, name, conn_id, from_address, display_name, sender_addresses, is_default,
-    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only"""
+    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only, bounce_domain"""
 ACCOUNT_BY_ID = """
 SELECT id, name, conn_id, from_address, display_name, sender_addresses, is_default,
-    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only
+    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only, bounce_domain
 FROM mail.accounts WHERE id = %s"""
 ACCOUNT_BY_NAME = """
 SELECT id, name, conn_id, from_address, display_name, sender_addresses, is_default,
-    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only
+    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only, bounce_domain
 FROM mail.accounts WHERE name = %s"""
 ALL_ACCOUNTS = """
 SELECT id, name, conn_id, from_address, display_name, sender_addresses, is_default,
-    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only
+    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only, bounce_domain
 FROM mail.accounts ORDER BY id"""
 # Exact address first (from_address or a listed address), then a listed domain, then the
 # default; ties go to the lowest id so the choice is stable.
 SELECT_FOR_ADDRESS = """
 SELECT id, name, conn_id, from_address, display_name, sender_addresses, is_default,
-    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only,
+    send_interval_seconds, hourly_cap, sent_folder_conn_id, sent_folder, demo_only, bounce_domain,
        CASE WHEN lower(from_address) = %(addr)s
                  OR %(addr)s = ANY (SELECT lower(a) FROM unnest(sender_addresses) a) THEN 0
             WHEN %(domain)s = ANY (SELECT lower(a) FROM unnest(sender_addresses) a) THEN 1
@@ -89,6 +90,7 @@ class Account:
     sent_folder_conn_id: str | None = None
     sent_folder: str | None = None
     demo_only: bool = False
+    bounce_domain: str | None = None  # VERP envelope senders there; None: the from address
 
     @property
     def throttled(self) -> bool:
@@ -106,7 +108,7 @@ class Slots:
 
 
 def _account(row: tuple) -> Account:
-    values = list(row[:12])
+    values = list(row[:13])
     values[5] = tuple(values[5] or ())
     return Account(*values)
 
@@ -139,10 +141,13 @@ def create_account(
     sent_folder_conn_id: str | None = None,
     sent_folder: str | None = None,
     demo_only: bool = False,
+    bounce_domain: str | None = None,
 ) -> Account:
     """Insert an account row and return it; warns when the interval is under 60 s.
 
-    ``demo_only`` marks an account that only ever talks to a local sink.
+    ``demo_only`` marks an account that only ever talks to a local sink; ``bounce_domain``
+    gives each message an envelope sender of its own there (``bounce+<token>@``), so that a
+    bounce names the message it is for.
     """
     for value, field in ((name, "name"), (from_address, "from_address")):
         if not value or any(c in value for c in "\r\n"):
@@ -161,6 +166,7 @@ def create_account(
             sent_folder_conn_id,
             sent_folder,
             demo_only,
+            bounce_domain,
         ),
     )
     account = _account(cur.fetchone())

@@ -18,6 +18,7 @@ from email.parser import BytesHeaderParser
 
 from erpmail.core.copyread import bytes_by_id
 from erpmail.outbound.accounts import ADVANCE_NEXT_SEND, Account, Slots, take_slots
+from erpmail.outbound.envelope import bounce_token
 from erpmail.outbound.smtp import Delivery
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ SOURCE_TYPES = ("letter", "notification", "autoreply", "alert", "manual")
 INSERT_MESSAGE = """
 INSERT INTO mail.outbox (key, message_id, account_id, source_type, source_id, envelope_from,
                          recipients, subject, mime)
-SELECT %(key)s, %(message_id)s, a.id, %(source_type)s, %(source_id)s, a.from_address,
+SELECT %(key)s, %(message_id)s, a.id, %(source_type)s, %(source_id)s,
+       CASE WHEN a.bounce_domain IS NULL THEN a.from_address
+            ELSE 'bounce+' || %(bounce_token)s || '@' || a.bounce_domain END,
        %(recipients)s, %(subject)s, %(mime)s
 FROM mail.accounts a WHERE a.id = %(account_id)s
 ON CONFLICT (key) DO NOTHING
@@ -225,6 +228,7 @@ def enqueue(
         {
             "key": key,
             "message_id": message_id,
+            "bounce_token": bounce_token(message_id),
             "account_id": account_id,
             "source_type": source_type,
             "source_id": source_id,

@@ -17,19 +17,19 @@ KEEP_DAYS = "SELECT outbox_keep_days FROM mail.retention_policies WHERE scope = 
 COUNT_FINISHED = """
 SELECT count(*) FROM mail.outbox o
  WHERE o.mime_purged_at IS NULL
-   AND o.status IN ('sent', 'failed', 'cancelled')
+   AND o.status IN ('sent', 'bounced', 'failed', 'cancelled')
    AND coalesce(o.sent_at, o.created_at) < %(cutoff)s
    AND o.sent_copy <> 'pending'
-   AND (o.status <> 'sent' OR o.sent_archived_at IS NOT NULL)"""
+   AND (o.status NOT IN ('sent', 'bounced') OR o.sent_archived_at IS NOT NULL)"""
 # the same conditions as COUNT_FINISHED
 CLEAR_BATCH = """
 UPDATE mail.outbox SET mime = '', mime_purged_at = now()
  WHERE id IN (SELECT o.id FROM mail.outbox o
  WHERE o.mime_purged_at IS NULL
-   AND o.status IN ('sent', 'failed', 'cancelled')
+   AND o.status IN ('sent', 'bounced', 'failed', 'cancelled')
    AND coalesce(o.sent_at, o.created_at) < %(cutoff)s
    AND o.sent_copy <> 'pending'
-   AND (o.status <> 'sent' OR o.sent_archived_at IS NOT NULL)
+   AND (o.status NOT IN ('sent', 'bounced') OR o.sent_archived_at IS NOT NULL)
  ORDER BY o.id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"""
 
 
