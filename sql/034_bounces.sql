@@ -6,7 +6,8 @@
 -- the message's Message-ID. NULL: the envelope sender is the account's address (the default).
 ALTER TABLE mail.accounts ADD COLUMN bounce_domain text
     CHECK (bounce_domain IS NULL OR bounce_domain ~ '^[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$');
-CREATE INDEX outbox_envelope_from_idx ON mail.outbox (envelope_from);
+CREATE INDEX outbox_bounce_token_idx ON mail.outbox (substr(envelope_from, 8, 16))
+    WHERE envelope_from LIKE 'bounce+%';
 
 ALTER TABLE mail.outbox DROP CONSTRAINT outbox_status_check;
 ALTER TABLE mail.outbox ADD CONSTRAINT outbox_status_check

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 
 from erpmail.core import archive, clock, db, locks
-from erpmail.inbound import autoreply, linking, parse, pending, store, tickets
+from erpmail.inbound import autoreply, bounces, linking, parse, pending, store, tickets
 from erpmail.inbound.locations import Location
 from erpmail.inbound.store import Stored
 
@@ -100,11 +100,14 @@ def file_one(
         archive.store(key, raw)
     if big:
         del raw
+        raw = None  # far larger than any bounce
         with archive.path_of(key).open("rb") as stream:
             parsed = parse.parse(stream)
     else:
         parsed = parse.parse(raw)
     stored = _file(cur, location, parsed, key, sha, size, uid, uidvalidity, day, attempt, retry_of)
+    if stored.new:
+        bounces.file_received(cur, [(stored.message_row_id, raw, parsed.from_address)])
     if not stored.new:
         store.forget(cur, attempt.keys)
     return stored

@@ -23,7 +23,7 @@ from email.parser import BytesHeaderParser
 from psycopg2.extras import execute_values
 
 from erpmail.core import archive, db, locks
-from erpmail.inbound import linking, parse, pending
+from erpmail.inbound import bounces, linking, parse, pending
 from erpmail.inbound.locations import Location
 
 log = logging.getLogger(__name__)
@@ -454,6 +454,14 @@ def store_chunk(
         execute_values(cur, INSERT_ATTACHMENTS, atts, page_size=1000)
     linking.store_links_many(cur, link_rows)
     mark_shared(cur, [mail_id for mail_id, _, _ in new])
+    bounces.file_received(
+        cur,
+        [
+            (by_key[key], files[key][0].raw, files[key][0].parsed.from_address)
+            for key in files
+            if by_key.get(key) is not None
+        ],
+    )
     # the losers of a race on the unique index: their files go unless the winner's are theirs
     forget(
         cur,

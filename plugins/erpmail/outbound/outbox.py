@@ -1,11 +1,11 @@
 """The send queue (``mail.outbox``): enqueue, claim, mark, the retry policy, reclaiming.
 
 Life of a message: ``queued`` -> claimed as ``sending`` (committed before any SMTP traffic)
--> ``sent`` | back to ``queued`` with a backoff (4xx, dropped connection) | ``failed``
-(5xx, or out of attempts/age). A message a dead worker left in ``sending`` is taken back
-after a timeout and flagged ``sent_uncertain``: it may reach a recipient twice, visibly.
-Recipients have their own status in ``mail.outbox_recipients``; a retry sends only to
-those still pending.
+-> ``sent`` (-> ``bounced`` when a hard bounce comes back) | back to ``queued`` with a
+backoff (4xx, dropped connection) | ``failed`` (5xx, or out of attempts/age). A message a
+dead worker left in ``sending`` is taken back after a timeout, flagged ``sent_uncertain`` if
+its text had started to go: it may reach a recipient twice, visibly. Recipients have their
+own status in ``mail.outbox_recipients``; a retry sends only to those still pending.
 """
 
 from __future__ import annotations
@@ -71,9 +71,8 @@ UPDATE mail.outbox
 SET status = 'queued', claimed_by = NULL, claimed_at = NULL, last_error = %(reason)s
 WHERE id = ANY(%(ids)s) AND status = 'sending'
   AND (%(worker)s::text IS NULL OR claimed_by = %(worker)s)"""
-# Only a message whose final dot may have gone (data_sent_at) can have been delivered; when
-# PostgreSQL restarted since the claim, an asynchronously committed mark may be lost, so
-# every such claim counts as possibly delivered.
+# Only a message whose final dot may have gone (data_sent_at) may be delivered; a claim older
+# than PostgreSQL's restart may have lost that asynchronous mark, so it counts as delivered.
 RECLAIM_STUCK = """
 UPDATE mail.outbox
 SET status = 'queued', claimed_by = NULL, claimed_at = NULL, data_sent_at = NULL,
@@ -81,19 +80,17 @@ SET status = 'queued', claimed_by = NULL, claimed_at = NULL, data_sent_at = NULL
                      OR claimed_at < pg_postmaster_start_time(),
     last_error = 'reclaimed from ' || coalesce(claimed_by, '?') || ' after '
                  || %(timeout)s || ' s in sending: '
-                 || CASE WHEN data_sent_at IS NOT NULL OR claimed_at < pg_postmaster_start_time()
-                         THEN 'may have been delivered already'
-                         ELSE 'it never reached the end of DATA' END
+                 || CASE WHEN data_sent_at IS NULL AND claimed_at >= pg_postmaster_start_time()
+                    THEN 'it never reached the end of DATA' ELSE 'may have been delivered already' END
 WHERE status = 'sending' AND claimed_at < clock_timestamp() - make_interval(secs => %(timeout)s)
 RETURNING id"""
-# Just before DATA's final dot, in a transaction of its own (asynchronous: see above).
-MARK_DATA_SENT = """
-SET LOCAL synchronous_commit = off;
-UPDATE mail.outbox SET data_sent_at = clock_timestamp()
-WHERE id = %s AND status = 'sending' AND claimed_by = %s"""
 # A mark lost in a database crash leaves its row in 'sending' (the claim was committed
 # durably), which reclaiming flags sent_uncertain: so marks need not wait for the WAL flush.
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+# just before DATA's text and final dot, in a transaction of its own
+MARK_DATA_SENT = """SET LOCAL synchronous_commit = off;
+UPDATE mail.outbox SET data_sent_at = clock_timestamp()
+WHERE id = %s AND status = 'sending' AND claimed_by = %s"""
 # MARK_RECIPIENTS and MARK_SENT take many messages at once, one array per column (see
 # write_marks): a group of verdicts is two statements, not two per message.
 MARK_RECIPIENTS = """
@@ -386,8 +383,7 @@ def verdict(
 
 
 def mark_data_sent(conn, message: OutboxMessage) -> None:
-    """Record that the message's final dot is about to go: from here on a run that dies
-    leaves it possibly delivered (``sent_uncertain`` when reclaimed), before it not."""
+    """Record that the text and dot go now: if the run dies, the message may be delivered."""
     with conn.cursor() as cur:
         cur.execute(MARK_DATA_SENT, (message.id, message.claimed_by))
     conn.commit()
