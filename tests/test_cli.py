@@ -71,7 +71,7 @@ def test_account_add_stores_the_row_and_list_shows_it(db_url):
         "account", "add", "billing", "--conn-id", "smtp_billing", "--from", "billing@Example.COM",
         "--display-name", "ACME Buchhaltung", "--sender", "example.com", "--default",
         "--send-interval", "90", "--hourly-cap", "200", "--sent-folder", "Sent",
-        "--sent-folder-conn-id", "imap_billing", env=env,
+        "--sent-folder-conn-id", "imap_billing", "--bounce-domain", "Bounces.Example.com", env=env,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     relay = _erpmail(
@@ -96,6 +96,11 @@ def test_account_add_stores_the_row_and_list_shows_it(db_url):
     assert header.split()[:3] == ["name", "connection", "from"] and set(rule) <= {"-", " "}
     assert lines[0].split()[:3] == ["billing", "smtp_billing", "billing@example.com"]
     assert "Sent (imap_billing)" in lines[0] and lines[1].split()[0] == "relay"
+    assert "bounce+<token>@bounces.example.com" in lines[0]
+    assert _rows(db_url, "SELECT name, bounce_domain FROM mail.accounts ORDER BY id") == [
+        ("billing", "bounces.example.com"),
+        ("relay", None),
+    ]
 
 
 def test_account_add_refuses_bad_values_naming_the_field(db_url):
@@ -110,6 +115,7 @@ def test_account_add_refuses_bad_values_naming_the_field(db_url):
         (["--sent-folder", "Sent"], "--sent-folder"),
         (["--sender", "no domain"], "--sender"),
         (["--display-name", "x\nBcc: evil@example.com"], "--display-name"),
+        (["--bounce-domain", "bounce@example.com"], "--bounce-domain"),
     ):
         run = _erpmail(*base[:2], "b", *base[3:], *args, env=env)
         assert run.returncode == 2, args

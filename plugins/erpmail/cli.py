@@ -116,6 +116,14 @@ def _sender(value: str) -> str:
         raise ValueError(f"--sender: {value!r} is neither an address nor a domain: {exc}") from exc
 
 
+def _domain(value: str, field: str) -> str:
+    try:
+        checked = validate_email(f"postmaster@{value.strip()}", check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"{field}: {value!r} is not a mail domain: {exc}") from None
+    return checked.ascii_domain
+
+
 def _at_least(value: int | None, minimum: int, field: str) -> int | None:
     if value is not None and value < minimum:
         raise ValueError(f"{field}: {value} is below {minimum}")
@@ -174,6 +182,7 @@ def _account_add(args: argparse.Namespace) -> int:
         "sent_folder_conn_id": args.sent_folder_conn_id
         and _conn_id(args.sent_folder_conn_id, "--sent-folder-conn-id"),
         "sent_folder": args.sent_folder and _text(args.sent_folder, "--sent-folder"),
+        "bounce_domain": args.bounce_domain and _domain(args.bounce_domain, "--bounce-domain"),
     }
     try:
         with db.transaction() as cur:
@@ -195,6 +204,7 @@ def _account_list(args: argparse.Namespace) -> int:
         "interval s",
         "per hour",
         "sent folder",
+        "bounces to",
         "also sends for",
         "default",
     )
@@ -207,6 +217,7 @@ def _account_list(args: argparse.Namespace) -> int:
             a.send_interval_seconds,
             a.hourly_cap,
             a.sent_folder and f"{a.sent_folder} ({a.sent_folder_conn_id})",
+            a.bounce_domain and f"bounce+<token>@{a.bounce_domain}",
             ", ".join(a.sender_addresses),
             "yes" if a.is_default else "",
         )
@@ -410,6 +421,12 @@ def _account_parser(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--sent-folder", default=None, help="IMAP folder a copy of each mail goes to")
     add.add_argument(
         "--sent-folder-conn-id", default=None, help="Airflow IMAP connection of the Sent folder"
+    )
+    add.add_argument(
+        "--bounce-domain",
+        default=None,
+        help="give each mail its own envelope sender bounce+<token>@DOMAIN, so that bounces "
+        "name the mail (the domain's mail must reach an imported mailbox)",
     )
     add.set_defaults(func=_account_add)
     account_sub.add_parser("list", help="list the accounts").set_defaults(func=_account_list)

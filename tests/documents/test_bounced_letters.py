@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from erpmail.core import db
-from erpmail.documents import runs
+from erpmail.documents import runs, summary
 from erpmail.documents.dunning import DUNNING
 from erpmail.inbound.imap import ImapHook
 from erpmail.inbound.importer import import_location
@@ -48,9 +48,9 @@ def test_a_bounce_fails_the_letter_blocks_the_address_and_the_next_run_prints(
         ):
             client.append("INBOX", build(dsns.Sent(letter[2], letter[3], letter[4])))
     location = mailcorpus.add_location(ledger, "bounces", "imap_test")
-    summary = import_location(location)
+    imported = import_location(location)
 
-    assert summary.new == 3
+    assert imported.new == 3
     # each bounce is filed with its letter (the out-of-office too: it replies to the letter)
     assert rows(
         ledger,
@@ -60,6 +60,9 @@ def test_a_bounce_fails_the_letter_blocks_the_address_and_the_next_run_prints(
     status, error, mail_status = rows(ledger, STATUS, hard[0])[0]
     assert (status, mail_status) == ("failed", "bounced")
     assert "5.1.1" in error and "User unknown" in error
+    ((stored,),) = rows(ledger, "SELECT summary FROM erp.runs WHERE id = %s", run)
+    assert stored["bounced"] == 1
+    assert "zurückgewiesen: 1" in summary.summary_text(stored)  # the company writes German
     assert rows(ledger, STATUS, soft[0])[0][0] == "sent"  # a delay only counts
     assert rows(ledger, STATUS, away[0])[0][0] == "sent"  # an out-of-office is no bounce
     health = dict(

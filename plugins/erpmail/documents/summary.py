@@ -38,6 +38,9 @@ SELECT l.status, t.key, sum(t.value::numeric)
 SUMMARY_FAILURES = """
 SELECT l.id, p.number, l.error FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
  WHERE l.run_id = %s AND l.status = 'failed' ORDER BY p.number LIMIT 200"""
+SUMMARY_BOUNCED = """
+SELECT count(*) FROM erp.letters l JOIN mail.outbox o ON o.id = l.outbox_id
+ WHERE l.run_id = %s AND o.status = 'bounced'"""
 SUMMARY_SAMPLE = """
 SELECT l.pdf_path FROM erp.letters l WHERE l.run_id = %s AND l.pdf_path IS NOT NULL
  ORDER BY l.id LIMIT 1"""
@@ -121,6 +124,8 @@ def summarize(run_id: int) -> dict[str, Any]:
             totals[status][currency] = str(Decimal(amount).quantize(Decimal("0.01")))
         cur.execute(SUMMARY_FAILURES, (run_id,))
         failures = [{"letter_id": i, "partner": n, "error": e} for i, n, e in cur.fetchall()]
+        cur.execute(SUMMARY_BOUNCED, (run_id,))
+        bounced = cur.fetchone()[0]
         cur.execute(SUMMARY_SAMPLE, (run_id,))
         sample = cur.fetchone()
         summary = {
@@ -137,6 +142,7 @@ def summarize(run_id: int) -> dict[str, Any]:
             "paper_reasons": dict(sorted(reasons.items())),
             "totals": dict(totals),
             "failures": failures,
+            "bounced": bounced,  # kept up to date by the import as bounces come back
             "print_batch": run.print_batch_path,
             "sample_pdf": sample[0] if sample else None,
             "archive_root": str(archive.root()),

@@ -72,7 +72,13 @@ ON CONFLICT (mail_id, recipient) DO NOTHING
 RETURNING id"""
 MARK_BOUNCED = """
 UPDATE mail.outbox SET status = 'bounced', last_error = %s
- WHERE id = %s AND status = 'sent'"""
+ WHERE id = %s AND status = 'sent'
+RETURNING source_type, source_id"""
+# the finished run's summary counts its bounced letters as they come back
+COUNT_IN_RUN_SUMMARY = """
+UPDATE erp.runs r SET summary = jsonb_set(r.summary, '{bounced}',
+       to_jsonb(coalesce((r.summary->>'bounced')::int, 0) + 1))
+  FROM erp.letters l WHERE l.id = %s AND r.id = l.run_id AND r.summary IS NOT NULL"""
 LIMITS = """
 SELECT c.block_after_unknown_user, c.block_after_hard_bounces
   FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id JOIN erp.companies c ON c.code = r.company
@@ -230,6 +236,9 @@ def _count(cur, outbox_id: int, address: str, failure: Failure) -> None:
     if hard:
         reason = f"bounced: {failure.status or ''} {failure.diagnostic}".strip()
         cur.execute(MARK_BOUNCED, (parse.clean_text(reason, MAX_DIAGNOSTIC_CHARS), outbox_id))
+        turned = cur.fetchone()
+        if turned is not None and turned[0] == "letter":
+            cur.execute(COUNT_IN_RUN_SUMMARY, (turned[1],))
     cur.execute(
         COUNT,
         {"address": address, "hard": int(hard), "unknown": int(unknown), "soft": int(not hard)},
