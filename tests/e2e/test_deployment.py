@@ -29,6 +29,7 @@ from erpmail.inbound.imap import ImapHook
 from tests import mailcorpus
 from tests.conftest import TEST_DB_URL
 from tests.e2e import services
+from tests.inbound import dsns
 from tests.mailaccounts import COMPANY_CONN_ID, company_account
 from tests.mailcorpus import add_location, simple
 from tests.servers.smtpd import start_smtpd
@@ -443,6 +444,49 @@ def test_every_shape_of_mail_is_imported_once_by_the_workers(deployment):
         report = inventory.check(db.connect(deployment.erp_url))
     assert report.clean, str(report)
     assert (again["candidates"], again["new"]) == (0, 0)
+
+
+def test_a_bounce_fails_its_letter_and_the_next_dunning_run_prints_for_that_partner(deployment):
+    env = {
+        "AIRFLOW_CONN_IMAP_E2E": deployment.stack.site.extra_env["AIRFLOW_CONN_IMAP_E2E"],
+        "ERPMAIL_DB_URL": deployment.erp_url,
+    }
+    # a letter of the first dunning run, sent and accepted by the test server
+    ((letter_id, partner_id, message_id, envelope_from, recipient, run_id),) = deployment.rows(
+        "SELECT l.id, l.partner_id, o.message_id, o.envelope_from, o.recipients[1], l.run_id"
+        " FROM erp.letters l JOIN mail.outbox o ON o.id = l.outbox_id"
+        " WHERE o.status = 'sent' ORDER BY l.id LIMIT 1"
+    )
+    conn = db.connect(deployment.erp_url)
+    location = add_location(conn, "bounces", "imap_e2e", folder="Bounces", enabled=False)
+    conn.close()
+    with mock.patch.dict(os.environ, env), ImapHook("imap_e2e").client() as client:
+        client.create_folder("Bounces")
+        client.append("Bounces", dsns.rfc3464(dsns.Sent(message_id, envelope_from, recipient)))
+
+    imported = deployment.trigger("mailbox_import", {"location": location}).json()["dag_run_id"]
+    deployment.finished_run("mailbox_import", imported)
+
+    ((status, error, mail_status),) = deployment.rows(
+        "SELECT status, error, mail_status FROM erp.letter_status WHERE letter_id = %s", letter_id
+    )
+    assert (status, mail_status) == ("failed", "bounced") and "5.1.1" in error
+    assert deployment.rows(
+        "SELECT blocked_at IS NOT NULL FROM mail.address_health WHERE address = %s",
+        recipient.lower(),
+    ) == [(True,)]
+    ((key_date,),) = deployment.rows("SELECT key_date FROM erp.runs WHERE id = %s", run_id)
+
+    later = (key_date + timedelta(days=30)).isoformat()
+    again = deployment.trigger("dunning_run", {"key_date": later}).json()["dag_run_id"]
+    deployment.finished_run("dunning_run", again, timeout=300)
+
+    assert deployment.rows(
+        "SELECT l.status, l.paper_reason FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id"
+        " WHERE r.airflow_run_id = %s AND l.partner_id = %s",
+        again,
+        partner_id,
+    ) == [("paper", "blocked")]
 
 
 def test_the_trigger_form_submits_with_its_defaults_in_a_browser(deployment):
