@@ -78,6 +78,17 @@ def test_a_bounce_fails_the_letter_blocks_the_address_and_the_next_run_prints(
         ("verp", "soft"),
     ]
 
+    # mail from the soft-bounced address forgives it; a bounce for nothing of ours is just mail
+    stranger = dsns.Sent("<not-ours@elsewhere.example>", "news@elsewhere.example", "x@y.example")
+    with ImapHook("imap_test").client() as client:
+        client.append("INBOX", mailcorpus.simple(1, sender=soft[4]))
+        client.append("INBOX", dsns.rfc3464(stranger))
+    assert import_location(location).new == 2
+    assert rows(
+        ledger, "SELECT soft_bounces FROM mail.address_health WHERE address = %s", soft[4].lower()
+    ) == [(0,)]
+    assert rows(ledger, "SELECT count(*) FROM mail.bounces") == [(2,)]
+
     # the next dunning run, a month on: the blocked address gets paper
     again = runs.create_run(
         kind="dunning",
