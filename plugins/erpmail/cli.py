@@ -49,7 +49,8 @@ SELECT l.name, l.conn_id, l.folder, l.after_import, l.move_to, l.link_keywords, 
 
 
 FAILED_MAILS = """
-SELECT m.id, l.name, m.archived_at, m.attempts, coalesce(m.from_address, ''), m.subject, m.failure
+SELECT m.id, l.name, to_char(m.archived_at, 'YYYY-MM-DD HH24:MI'), m.attempts,
+       coalesce(m.from_address, ''), left(m.subject, 60), left(m.failure, 120)
   FROM mail.messages m JOIN mail.import_locations l ON l.id = m.location_id
  WHERE m.status = 'failed' ORDER BY m.id"""
 LOCATION_OF_FAILED = """
@@ -316,11 +317,7 @@ def _mail_failed(args: argparse.Namespace) -> int:
         cur.execute(FAILED_MAILS)
         found = cur.fetchall()
     header = ("id", "location", "archived", "attempts", "from", "subject", "failure")
-    rows = [
-        (i, loc, f"{at:%Y-%m-%d %H:%M}", n, sender, subject[:60], failure[:120])
-        for i, loc, at, n, sender, subject, failure in found
-    ]
-    print(_table(header, rows) if rows else "no failed mails")
+    print(_table(header, found) if found else "no failed mails")
     return 0
 
 
@@ -337,9 +334,7 @@ def _mail_retry(args: argparse.Namespace) -> int:
     for mail_id, location_id in found.items():
         by_location.setdefault(location_id, []).append(mail_id)
     done = sum(importer.retry(loc, ids) for loc, ids in sorted(by_location.items()))
-    print(
-        f"{done} of {len(found)} failed mails imported; the rest failed again (erpmail mail failed)"
-    )
+    print(f"{done} of {len(found)} failed mails imported; see erpmail mail failed for the rest")
     return 0 if done == len(found) else 1
 
 

@@ -26,11 +26,12 @@ from erpmail.core.progress import Progress
 from erpmail.outbound import outbox
 from erpmail.outbound.accounts import Account, account_by_name, list_accounts, warn_if_fast
 from erpmail.outbound.outbox import OutboxMessage, RetryPolicy
-from erpmail.outbound.sentarchive import archive_sent
+from erpmail.outbound.sentarchive import Archiver, archive_until
 from erpmail.outbound.sentfolder import file_pending_copies
 from erpmail.outbound.smtp import SmtpAccountError, SmtpDropped, SmtpHook, SmtpSession
 
 log = logging.getLogger(__name__)
+
 
 COUNT_DUE = """
 SELECT count(*) FROM mail.outbox
@@ -92,6 +93,16 @@ class Summary:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
+
+
+def _marker(url: str | None):
+    """The connection DATA marks go over: autocommit, asynchronous commits (a mark lost in a
+    database crash is made up for by reclaiming, see ``outbox.RECLAIM_STUCK``)."""
+    conn = db.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SET synchronous_commit = off")
+    return conn
 
 
 class _Recorder:
@@ -266,6 +277,8 @@ def dispatch(
     conn = db.connect(url)
     sessions = _Sessions(reconnect_after)
     recorder = _Recorder(url)
+    archiver = Archiver(url)
+    marker = _marker(url)
     claimer = _Claimer(
         url,
         worker,
@@ -316,7 +329,7 @@ def dispatch(
                     ready[account_id] = time.monotonic() + claim.slots.wait_seconds
                 continue
             ok = _send_batch(
-                conn,
+                marker,
                 acct,
                 claim.messages,
                 sessions,
@@ -334,11 +347,14 @@ def dispatch(
         done, failed = file_pending_copies(conn, list(by_id.values()), deadline)
         summary.copies_done += done
         summary.copies_failed += failed
-        summary.archived += _archive_sent(conn, deadline)
+        summary.archived += archiver.close()
+        summary.archived += archive_until(conn, deadline)
     finally:
         sessions.close()
         summary.released += claimer.close()
         recorder.close()
+        archiver.close()
+        marker.close()
         conn.close()
     summary.seconds = time.monotonic() - start
     _log_progress(progress, summary, force=True)
@@ -357,6 +373,7 @@ def _send_batch(
     hold_until: float,
 ) -> bool:
     """Send claimed messages over the account's session; False when the account stopped.
+    ``conn`` (the run's autocommit connection) takes the DATA marks and the releases.
 
     Past ``hold_until`` (the run's deadline, or half the reclaim timeout after the claim, so
     that no other worker takes a message back while this one may still send it) the rest
@@ -420,23 +437,6 @@ def _send_batch(
         if account.throttled:
             # verdicts committed before the next claim, so the throttle counts from them
             recorder.flush()
-
-
-def _archive_sent(conn, deadline: float) -> int:
-    """Archive the sent mails as mail until done or ``deadline``; a failure waits for the next
-    run (the mail is sent; only its archived copy is late)."""
-    archived = 0
-    try:
-        while True:  # one batch at least, so a run that used its budget still makes progress
-            done = archive_sent(conn)
-            archived += done
-            if not done or time.monotonic() >= deadline:
-                break
-    except Exception as exc:
-        log.error(
-            "archiving sent mail failed, the next run retries: %s: %s", type(exc).__name__, exc
-        )
-    return archived
 
 
 def _log_progress(

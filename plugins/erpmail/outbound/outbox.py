@@ -87,9 +87,8 @@ RETURNING id"""
 # A mark lost in a database crash leaves its row in 'sending' (the claim was committed
 # durably), which reclaiming flags sent_uncertain: so marks need not wait for the WAL flush.
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
-# just before DATA's text and final dot, in a transaction of its own
-MARK_DATA_SENT = """SET LOCAL synchronous_commit = off;
-UPDATE mail.outbox SET data_sent_at = clock_timestamp()
+# just before DATA's text and final dot: if the run dies now, the message may be delivered
+MARK_DATA_SENT = """UPDATE mail.outbox SET data_sent_at = clock_timestamp()
 WHERE id = %s AND status = 'sending' AND claimed_by = %s"""
 # MARK_RECIPIENTS and MARK_SENT take many messages at once, one array per column (see
 # write_marks): a group of verdicts is two statements, not two per message.
@@ -383,10 +382,11 @@ def verdict(
 
 
 def mark_data_sent(conn, message: OutboxMessage) -> None:
-    """Record that the text and dot go now: if the run dies, the message may be delivered."""
+    """Record that the text and dot go now (one round trip on an autocommit connection)."""
     with conn.cursor() as cur:
         cur.execute(MARK_DATA_SENT, (message.id, message.claimed_by))
-    conn.commit()
+    if not conn.autocommit:  # the dispatcher's connection commits each mark at once
+        conn.commit()
 
 
 def dropped(
