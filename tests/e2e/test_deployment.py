@@ -7,6 +7,7 @@ task supervisor inside Celery's worker processes, never through ``dag.test()``.
 from __future__ import annotations
 
 import email
+import html
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from unittest import mock
+from urllib.parse import quote
 
 import httpx
 import psycopg2
@@ -487,6 +489,54 @@ def test_a_bounce_fails_its_letter_and_the_next_dunning_run_prints_for_that_part
         again,
         partner_id,
     ) == [("paper", "blocked")]
+
+
+def test_the_clerks_screens_need_airflows_login_and_show_the_letters(deployment):
+    base = deployment.stack.site.api_url + "/erpmail"
+    auth = {"Authorization": f"Bearer {deployment.token}"}
+    plugins = deployment.api.get("/plugins").json()["plugins"]
+    (screens,) = [p for p in plugins if p["name"] == "erpmail_screens"]
+    assert {v["name"]: v["destination"] for v in screens["external_views"]} == {
+        "Letters": "dag_run",
+        "Mail": "nav",
+    }
+    # the first dunning run: its letters, one of them failed by the bounce of the test before
+    ((run_id, airflow_run_id),) = deployment.rows(
+        "SELECT id, airflow_run_id FROM erp.runs WHERE kind = 'dunning' ORDER BY id LIMIT 1"
+    )
+    letters = f"{base}/runs/dunning_run/{quote(airflow_run_id, safe='')}/letters"
+    for url in (letters, f"{base}/mail/unlinked", f"{letters}?format=json"):
+        assert httpx.get(url, timeout=30).status_code in (401, 403), url  # no login, no data
+    page = httpx.get(letters, headers=auth, timeout=30)
+    data = httpx.get(letters, params={"format": "json"}, headers=auth, timeout=30).json()
+
+    assert page.status_code == 200 and "script-src" not in page.headers["content-security-policy"]
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    counts = dict(
+        deployment.rows(
+            "SELECT status, count(*) FROM erp.letters WHERE run_id = %s GROUP BY 1", run_id
+        )
+    )
+    assert data["counts"] == counts and counts.get("failed", 0) >= 1
+    for status, n in counts.items():
+        assert f'data-status="{status}">{status} {n}<' in page.text
+    ((letter_id, error),) = deployment.rows(
+        "SELECT id, error FROM erp.letters WHERE run_id = %s AND status = 'failed' LIMIT 1", run_id
+    )
+    assert html.escape(error) in page.text and "(bounced)" in page.text
+    failed = httpx.get(letters, params={"status": "failed"}, headers=auth, timeout=30)
+    assert failed.text.count("data-letter=") == counts["failed"]
+    pdf = httpx.get(f"{letters}/{letter_id}.pdf", headers=auth, timeout=30)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    mail = httpx.get(f"{base}/mail/unlinked", params={"format": "json"}, headers=auth, timeout=30)
+    assert mail.status_code == 200
+    unlinked = {
+        m
+        for (m,) in deployment.rows(
+            "SELECT id FROM mail.messages WHERE direction = 'in' AND status IN ('unlinked', 'failed')"
+        )
+    }
+    assert {m["id"] for m in mail.json()} == unlinked
 
 
 def test_the_trigger_form_submits_with_its_defaults_in_a_browser(deployment):

@@ -1,0 +1,1 @@
+"""The clerk's screens, served by Airflow's API server (see ``plugins/erpmail_ui.py``)."""

@@ -1,0 +1,129 @@
+"""The screens' FastAPI app, mounted by Airflow's API server under ``/erpmail``.
+
+Every route needs Airflow's own login (the UI's session cookie or a bearer token) and the
+auth manager's leave to read the DAG the screen belongs to: runs of the document DAGs, the
+``link_mail`` DAG for mail. Pages are rendered on the server with autoescaping and a
+Content-Security-Policy that allows nothing from elsewhere and no scripts at all; each page
+has its JSON beside it (``?format=json``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from erpmail.core import archive
+from erpmail.ui import screens
+
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "frame-ancestors 'self'; form-action 'self'; base-uri 'none'"
+)
+LETTER_STATUSES = ("generated", "rendered", "archived", "released", "paper", "sent", "failed")
+
+_pages = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(default=True),
+)
+_read_run = Depends(requires_access_dag("GET", DagAccessEntity.RUN))
+_read_mail = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id="link_mail"))
+
+
+def build() -> FastAPI:
+    """The app with its routes and headers."""
+    app = FastAPI(title="erpmail screens", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        return response
+
+    @app.get("/runs/{dag_id}/{run_id}/letters", dependencies=[_read_run])
+    def letters(
+        dag_id: str,
+        run_id: str,
+        status: str | None = Query(None, pattern=f"^({'|'.join(LETTER_STATUSES)})$"),
+        level: int | None = Query(None, ge=1, le=9),
+        format: str = Query("html", pattern="^(html|json)$"),
+    ):
+        found = screens.run_letters(dag_id, run_id, status=status or None, level=level)
+        if format == "json":
+            if found is None:
+                raise HTTPException(404, f"no letters for {dag_id} run {run_id!r}")
+            return JSONResponse(_as_json(found))
+        page = _pages.get_template("letters.html").render(
+            dag_id=dag_id, run_key=run_id, run=found, status=status, level=level
+        )
+        return HTMLResponse(page, status_code=200 if found is not None else 404)
+
+    @app.get("/runs/{dag_id}/{run_id}/letters/{letter_id}.{kind}", dependencies=[_read_run])
+    def letter_file(dag_id: str, run_id: str, letter_id: int, kind: str):
+        run = screens.run_id_of(dag_id, run_id)
+        files = screens.letter_files(run, letter_id) if run is not None else None
+        key = None if files is None else {"pdf": files[0], "eml": files[1]}.get(kind)
+        if key is None:
+            raise HTTPException(404, f"letter {letter_id} has no {kind} in this run")
+        return _download(key, f"letter-{letter_id}.{kind}")
+
+    @app.get("/runs/{dag_id}/{run_id}/print-batch.pdf", dependencies=[_read_run])
+    def print_batch(dag_id: str, run_id: str):
+        found = screens.run_letters(dag_id, run_id, status="paper")
+        if found is None or not found.print_batch:
+            raise HTTPException(404, "this run has no print batch")
+        return _download(found.print_batch, f"print-batch-{found.run_id}.pdf")
+
+    @app.get("/mail/unlinked", dependencies=[_read_mail])
+    def unlinked(format: str = Query("html", pattern="^(html|json)$")):
+        rows = screens.unlinked_mail()
+        if format == "json":
+            keys = ("id", "location", "from", "subject", "received", "status", "failure")
+            return JSONResponse(
+                [dict(zip(keys, [*r[:4], r[4].isoformat(), *r[5:7]], strict=True)) for r in rows]
+            )
+        return HTMLResponse(_pages.get_template("unlinked.html").render(mails=rows))
+
+    return app
+
+
+def _download(key: str, name: str) -> Response:
+    media = {"pdf": "application/pdf", "eml": "message/rfc822"}[name.rsplit(".", 1)[1]]
+    return Response(
+        archive.read(key),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def _as_json(found: screens.RunLetters) -> dict:
+    return {
+        "run_id": found.run_id,
+        "key_date": found.key_date.isoformat(),
+        "dry_run": found.dry_run,
+        "status": found.status,
+        "counts": found.counts,
+        "bounced": found.bounced,
+        "print_batch": found.print_batch,
+        "letters": [
+            {
+                "id": x.id,
+                "partner": x.partner,
+                "level": x.level,
+                "totals": x.totals,
+                "status": x.status,
+                "reason": x.reason,
+                "recipient": x.recipient,
+                "sent_at": x.sent_at.isoformat() if x.sent_at else None,
+                "mail_status": x.mail_status,
+                "sent_uncertain": x.sent_uncertain,
+            }
+            for x in found.letters
+        ],
+    }

@@ -1,0 +1,154 @@
+"""What the screens show, read from the database: the letters of a document run, and the
+received mail that links to nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from erpmail.core import db
+
+# The DAGs whose runs write letters, and the run kind each writes (erp.runs.kind).
+DOCUMENT_DAGS = {
+    "dunning_run": "dunning",
+    "balance_confirmation": "balance_confirmation",
+    "payment_advice": "payment_advice",
+}
+MAX_ROWS = 5000
+
+RUN = """
+SELECT id, key_date, dry_run, status, print_batch_path, summary FROM erp.runs
+ WHERE kind = %s AND airflow_run_id = %s"""
+LETTERS = """
+SELECT s.letter_id, s.partner_number, s.partner_name, s.level, s.totals, s.status,
+       s.paper_reason, s.error, s.recipient, s.sent_at, s.mail_status, s.sent_uncertain,
+       s.pdf_path IS NOT NULL, m.id
+  FROM erp.letter_status s
+  LEFT JOIN mail.messages m ON m.outbox_id = s.outbox_id AND m.direction = 'out'
+ WHERE s.run_id = %(run)s
+   AND (%(status)s::text IS NULL OR s.status = %(status)s)
+   AND (%(level)s::int IS NULL OR s.level = %(level)s)
+ ORDER BY s.partner_number, s.letter_id
+ LIMIT %(limit)s"""
+COUNTS = """
+SELECT status, count(*) FROM erp.letters WHERE run_id = %s GROUP BY 1 ORDER BY 1"""
+LEVELS = "SELECT DISTINCT level FROM erp.letters WHERE run_id = %s AND level IS NOT NULL ORDER BY 1"
+LETTER_FILE = """
+SELECT l.pdf_path, m.eml_path FROM erp.letters l
+  LEFT JOIN mail.messages m ON m.outbox_id = l.outbox_id AND m.direction = 'out'
+ WHERE l.run_id = %s AND l.id = %s"""
+UNLINKED = """
+SELECT m.id, l.name, m.from_address, m.subject, m.archived_at, m.status, m.failure,
+       (SELECT count(*) FROM mail.attachments a WHERE a.message_id = m.id)
+  FROM mail.messages m JOIN mail.import_locations l ON l.id = m.location_id
+ WHERE m.direction = 'in' AND m.status IN ('unlinked', 'failed')
+ ORDER BY m.archived_at DESC, m.id DESC
+ LIMIT %s"""
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One row of the Letters screen."""
+
+    id: int
+    partner: str
+    partner_name: str
+    level: int | None
+    totals: dict
+    status: str
+    reason: str | None  # the paper reason, or the server's reply of a failed letter
+    recipient: str | None
+    sent_at: object
+    mail_status: str | None
+    sent_uncertain: bool
+    has_pdf: bool
+    sent_mail_id: int | None
+
+
+@dataclass(frozen=True)
+class RunLetters:
+    """The Letters screen of one run: the run, counts per status, the letters shown."""
+
+    run_id: int
+    key_date: object
+    dry_run: bool
+    status: str
+    print_batch: str | None
+    counts: dict[str, int]
+    levels: list[int]
+    bounced: int
+    letters: list[Letter]
+
+
+def run_letters(
+    dag_id: str, airflow_run_id: str, *, status: str | None = None, level: int | None = None
+) -> RunLetters | None:
+    """The letters of the document run ``airflow_run_id`` of ``dag_id``; None if it has none."""
+    kind = DOCUMENT_DAGS.get(dag_id)
+    if kind is None:
+        return None
+    with db.transaction() as cur:
+        cur.execute(RUN, (kind, airflow_run_id))
+        run = cur.fetchone()
+        if run is None:
+            return None
+        run_id, key_date, dry_run, run_status, print_batch, summary = run
+        cur.execute(COUNTS, (run_id,))
+        counts = dict(cur.fetchall())
+        cur.execute(LEVELS, (run_id,))
+        levels = [lv for (lv,) in cur.fetchall()]
+        cur.execute(LETTERS, {"run": run_id, "status": status, "level": level, "limit": MAX_ROWS})
+        letters = [
+            Letter(
+                id=row[0],
+                partner=row[1],
+                partner_name=row[2],
+                level=row[3],
+                totals=row[4] or {},
+                status=row[5],
+                reason=row[6] or row[7],
+                recipient=row[8],
+                sent_at=row[9],
+                mail_status=row[10],
+                sent_uncertain=bool(row[11]),
+                has_pdf=row[12],
+                sent_mail_id=row[13],
+            )
+            for row in cur.fetchall()
+        ]
+    bounced = sum(1 for x in letters if x.mail_status == "bounced") if status is None else 0
+    return RunLetters(
+        run_id,
+        key_date,
+        dry_run,
+        run_status,
+        print_batch,
+        counts,
+        levels,
+        (summary or {}).get("bounced", bounced),
+        letters,
+    )
+
+
+def run_id_of(dag_id: str, airflow_run_id: str) -> int | None:
+    """The ``erp.runs`` id of a document DAG's run, or None."""
+    kind = DOCUMENT_DAGS.get(dag_id)
+    if kind is None:
+        return None
+    with db.transaction() as cur:
+        cur.execute(RUN, (kind, airflow_run_id))
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def letter_files(run_id: int, letter_id: int) -> tuple[str | None, str | None] | None:
+    """The archive keys of a letter's PDF and of its sent .eml; None if not of this run."""
+    with db.transaction() as cur:
+        cur.execute(LETTER_FILE, (run_id, letter_id))
+        return cur.fetchone()
+
+
+def unlinked_mail(limit: int = 500) -> list[tuple]:
+    """Received mail that links to nothing, or was kept raw as failed, newest first."""
+    with db.transaction() as cur:
+        cur.execute(UNLINKED, (limit,))
+        return cur.fetchall()
