@@ -528,6 +528,22 @@ def test_the_clerks_screens_need_airflows_login_and_show_the_letters(deployment)
     assert failed.text.count("data-letter=") == counts["failed"]
     pdf = httpx.get(f"{letters}/{letter_id}.pdf", headers=auth, timeout=30)
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert f'action="letters/{letter_id}/resend"' in page.text
+    resend = f"{letters}/{letter_id}/resend"
+    assert httpx.post(resend, timeout=30).status_code in (401, 403)
+    foreign = {**auth, "Origin": "https://elsewhere.example"}
+    assert httpx.post(resend, headers=foreign, timeout=30).status_code == 403
+    sent_again = httpx.post(resend, headers=auth, timeout=30)
+    assert sent_again.status_code == 303
+    assert deployment.rows(
+        "SELECT l.status, o.status, o.key LIKE '%%:resend-1' FROM erp.letters l"
+        " JOIN mail.outbox o ON o.id = l.outbox_id WHERE l.id = %s",
+        letter_id,
+    ) == [("released", "queued", True)]
+    assert deployment.rows(
+        "SELECT actor FROM mail.audit_log WHERE action = 'resend_letter' AND subject = %s",
+        f"letter {letter_id}",
+    ) == [("admin",)]
     mail = httpx.get(f"{base}/mail/unlinked", params={"format": "json"}, headers=auth, timeout=30)
     assert mail.status_code == 200
     unlinked = {

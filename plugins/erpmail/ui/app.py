@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from erpmail.core import archive
+from erpmail.documents import corrections
 from erpmail.ui import screens
 
 CSP = (
@@ -31,6 +32,7 @@ _pages = Environment(
     autoescape=select_autoescape(default=True),
 )
 _read_run = Depends(requires_access_dag("GET", DagAccessEntity.RUN))
+_change_run = Depends(requires_access_dag("PUT", DagAccessEntity.RUN))
 _read_mail = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id="link_mail"))
 
 
@@ -73,6 +75,23 @@ def build() -> FastAPI:
             raise HTTPException(404, f"letter {letter_id} has no {kind} in this run")
         return _download(key, f"letter-{letter_id}.{kind}")
 
+    @app.post("/runs/{dag_id}/{run_id}/letters/{letter_id}/{action}", dependencies=[_change_run])
+    def correct(
+        request: Request, dag_id: str, run_id: str, letter_id: int, action: str, user: GetUserDep
+    ):
+        _same_origin(request)
+        run = screens.run_id_of(dag_id, run_id)
+        fix = {"resend": corrections.resend, "to-paper": corrections.to_paper}.get(action)
+        if run is None or fix is None:
+            raise HTTPException(404, f"no {action!r} for a letter of {dag_id} run {run_id!r}")
+        try:
+            fix(run, letter_id, user=user.get_name())
+        except corrections.CorrectionRefused as exc:
+            raise HTTPException(409, str(exc)) from None
+        return RedirectResponse(
+            f"../../letters?status={'released' if action == 'resend' else 'paper'}", 303
+        )
+
     @app.get("/runs/{dag_id}/{run_id}/print-batch.pdf", dependencies=[_read_run])
     def print_batch(dag_id: str, run_id: str):
         found = screens.run_letters(dag_id, run_id, status="paper")
@@ -91,6 +110,13 @@ def build() -> FastAPI:
         return HTMLResponse(_pages.get_template("unlinked.html").render(mails=rows))
 
     return app
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a form posted from another site (the session cookie would come along)."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if origin and origin.split("/")[2:3] != [request.headers.get("host")]:
+        raise HTTPException(403, "a form from another site")
 
 
 def _download(key: str, name: str) -> Response:
