@@ -26,7 +26,7 @@ class _ScreensOnFirstRequest:
 
 
 class ErpmailScreens(AirflowPlugin):
-    """The clerk's screens: letters of a document run, unlinked mail."""
+    """The clerk's screens: letters of a document run, the outbox, unlinked mail."""
 
     name = "erpmail_screens"
     fastapi_apps = [
@@ -44,5 +44,11 @@ class ErpmailScreens(AirflowPlugin):
             "href": "/erpmail/mail/unlinked",
             "destination": "nav",
             "url_route": "erpmail-mail",
+        },
+        {
+            "name": "Outbox",
+            "href": "/erpmail/outbox",
+            "destination": "nav",
+            "url_route": "erpmail-outbox",
         },
     ]

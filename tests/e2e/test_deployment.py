@@ -499,6 +499,7 @@ def test_the_clerks_screens_need_airflows_login_and_show_the_letters(deployment)
     assert {v["name"]: v["destination"] for v in screens["external_views"]} == {
         "Letters": "dag_run",
         "Mail": "nav",
+        "Outbox": "nav",
     }
     # the first dunning run: its letters, one of them failed by the bounce of the test before
     ((run_id, airflow_run_id),) = deployment.rows(
@@ -544,6 +545,16 @@ def test_the_clerks_screens_need_airflows_login_and_show_the_letters(deployment)
         "SELECT actor FROM mail.audit_log WHERE action = 'resend_letter' AND subject = %s",
         f"letter {letter_id}",
     ) == [("admin",)]
+    assert httpx.get(f"{base}/outbox", timeout=30).status_code in (401, 403)
+    box = httpx.get(f"{base}/outbox", params={"format": "json"}, headers=auth, timeout=30).json()
+    ((sent_today,),) = deployment.rows(
+        "SELECT count(*) FROM mail.outbox WHERE status = 'sent' AND sent_at >= date_trunc('day', now())"
+    )
+    assert sum(a["sent_today"] for a in box["accounts"]) == sent_today > 0
+    assert sum(a["queued"] for a in box["accounts"]) >= 1  # the letter sent again
+    assert httpx.get(f"{base}/outbox", headers=auth, timeout=30).text.count("data-account=") == len(
+        box["accounts"]
+    )
     mail = httpx.get(f"{base}/mail/unlinked", params={"format": "json"}, headers=auth, timeout=30)
     assert mail.status_code == 200
     unlinked = {

@@ -2,7 +2,7 @@
 
 Every route needs Airflow's own login (the UI's session cookie or a bearer token) and the
 auth manager's leave to read the DAG the screen belongs to: runs of the document DAGs, the
-``link_mail`` DAG for mail. Pages are rendered on the server with autoescaping and a
+``outbox_dispatch`` DAG for the outbox, ``link_mail`` for mail. Pages are rendered on the server with autoescaping and a
 Content-Security-Policy that allows nothing from elsewhere and no scripts at all; each page
 has its JSON beside it (``?format=json``).
 """
@@ -33,6 +33,8 @@ _pages = Environment(
 )
 _read_run = Depends(requires_access_dag("GET", DagAccessEntity.RUN))
 _change_run = Depends(requires_access_dag("PUT", DagAccessEntity.RUN))
+_read_outbox = Depends(requires_access_dag("GET", DagAccessEntity.RUN, "outbox_dispatch"))
+_send_outbox = Depends(requires_access_dag("PUT", DagAccessEntity.RUN, "outbox_dispatch"))
 _read_mail = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id="link_mail"))
 
 
@@ -98,6 +100,37 @@ def build() -> FastAPI:
         if found is None or not found.print_batch:
             raise HTTPException(404, "this run has no print batch")
         return _download(found.print_batch, f"print-batch-{found.run_id}.pdf")
+
+    @app.get("/outbox", dependencies=[_read_outbox])
+    def outbox(format: str = Query("html", pattern="^(html|json)$")):
+        accounts, failed = screens.outbox_accounts(), screens.outbox_failed()
+        if format == "json":
+            keys = ("queued", "waiting", "sending", "failed", "sent_today", "bounced")
+            return JSONResponse(
+                {
+                    "accounts": [
+                        {
+                            "name": a[1],
+                            "next_send_at": a[5].isoformat(),
+                            **dict(zip(keys, a[6:], strict=True)),
+                        }
+                        for a in accounts
+                    ],
+                    "failed": [
+                        {"id": f[0], "account": f[1], "reply": f[9] or f[7]} for f in failed
+                    ],
+                }
+            )
+        return HTMLResponse(
+            _pages.get_template("outbox.html").render(accounts=accounts, failed=failed)
+        )
+
+    @app.post("/outbox/{outbox_id}/retry", dependencies=[_send_outbox])
+    def retry(request: Request, outbox_id: int, user: GetUserDep):
+        _same_origin(request)
+        if not screens.retry_now(outbox_id, user=user.get_name()):
+            raise HTTPException(409, f"outbox message {outbox_id} is not queued or failed")
+        return RedirectResponse("../../outbox", 303)
 
     @app.get("/mail/unlinked", dependencies=[_read_mail])
     def unlinked(format: str = Query("html", pattern="^(html|json)$")):

@@ -45,6 +45,32 @@ SELECT m.id, l.name, m.from_address, m.subject, m.archived_at, m.status, m.failu
  LIMIT %s"""
 
 
+OUTBOX_ACCOUNTS = """
+SELECT a.id, a.name, a.from_address, a.send_interval_seconds, a.hourly_cap, a.next_send_at,
+       count(*) FILTER (WHERE o.status = 'queued'),
+       count(*) FILTER (WHERE o.status = 'queued' AND o.next_attempt_at > now()),
+       count(*) FILTER (WHERE o.status = 'sending'),
+       count(*) FILTER (WHERE o.status = 'failed'),
+       count(*) FILTER (WHERE o.status = 'sent' AND o.sent_at >= date_trunc('day', now())),
+       count(*) FILTER (WHERE o.status = 'bounced')
+  FROM mail.accounts a LEFT JOIN mail.outbox o ON o.account_id = a.id
+ GROUP BY a.id ORDER BY a.name"""
+OUTBOX_FAILED = """
+SELECT o.id, a.name, o.source_type, o.source_id, o.recipients, o.subject, o.attempts,
+       o.last_error, o.smtp_code, o.smtp_reply, o.created_at
+  FROM mail.outbox o JOIN mail.accounts a ON a.id = o.account_id
+ WHERE o.status = 'failed' AND o.mime_purged_at IS NULL
+ ORDER BY o.id DESC LIMIT %s"""
+# "retry now": a message in backoff is due at once; a failed one (refused, never accepted)
+# goes back to the queue under its own key and Message-ID
+RETRY_NOW = """
+UPDATE mail.outbox SET status = 'queued', next_attempt_at = now(), claimed_by = NULL,
+       claimed_at = NULL
+ WHERE id = %s AND (status = 'failed' AND mime_purged_at IS NULL OR status = 'queued')
+RETURNING id"""
+AUDIT = "INSERT INTO mail.audit_log (actor, action, subject) VALUES (%s, 'retry_now', %s)"
+
+
 @dataclass(frozen=True)
 class Letter:
     """One row of the Letters screen."""
@@ -152,3 +178,27 @@ def unlinked_mail(limit: int = 500) -> list[tuple]:
     with db.transaction() as cur:
         cur.execute(UNLINKED, (limit,))
         return cur.fetchall()
+
+
+def outbox_accounts() -> list[tuple]:
+    """Per account: name, address, throttle, next send, and its messages per state."""
+    with db.transaction() as cur:
+        cur.execute(OUTBOX_ACCOUNTS)
+        return cur.fetchall()
+
+
+def outbox_failed(limit: int = 500) -> list[tuple]:
+    """Failed messages that can still be retried, newest first, with the server's reply."""
+    with db.transaction() as cur:
+        cur.execute(OUTBOX_FAILED, (limit,))
+        return cur.fetchall()
+
+
+def retry_now(outbox_id: int, *, user: str) -> bool:
+    """Make a queued or failed message due now; False if it is neither (or its bytes are gone)."""
+    with db.transaction() as cur:
+        cur.execute(RETRY_NOW, (outbox_id,))
+        done = cur.fetchone() is not None
+        if done:
+            cur.execute(AUDIT, (user, f"outbox {outbox_id}"))
+    return done
