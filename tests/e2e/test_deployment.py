@@ -564,6 +564,32 @@ def test_the_clerks_screens_need_airflows_login_and_show_the_letters(deployment)
         )
     }
     assert {m["id"] for m in mail.json()} == unlinked
+    # read one and file it against a partner by number, as link_mail does, naming the user
+    mail_id = min(unlinked)
+    ((number,),) = deployment.rows("SELECT number FROM erp.partners ORDER BY id LIMIT 1")
+    shown = httpx.get(f"{base}/mail/{mail_id}", params={"q": number}, headers=auth, timeout=30)
+    assert shown.status_code == 200 and 'id="link"' in shown.text
+    assert f"<td>{number}</td>" in shown.text  # the partner search
+    form = f"{base}/mail/{mail_id}/link"
+    assert httpx.post(
+        form, data={"entity_type": "partner", "number": number}, timeout=30
+    ).status_code in (401, 403)
+    wrong = httpx.post(
+        form, data={"entity_type": "partner", "number": "no-such"}, headers=auth, timeout=30
+    )
+    assert wrong.status_code == 303 and "error=" in wrong.headers["location"]
+    linked = httpx.post(
+        form, data={"entity_type": "partner", "number": number}, headers=auth, timeout=30
+    )
+    assert linked.status_code == 303
+    assert deployment.rows(
+        "SELECT m.status, k.method FROM mail.messages m JOIN mail.message_links k"
+        " ON k.message_id = m.id AND k.entity_type = 'partner' WHERE m.id = %s",
+        mail_id,
+    ) == [("linked", "manual")]
+    assert deployment.rows(
+        "SELECT actor FROM mail.audit_log WHERE action = 'link_mail' ORDER BY id DESC LIMIT 1"
+    ) == [("admin",)]
 
 
 def test_the_trigger_form_submits_with_its_defaults_in_a_browser(deployment):

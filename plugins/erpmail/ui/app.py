@@ -10,15 +10,17 @@ has its JSON beside it (``?format=json``).
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlencode
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from erpmail.core import archive
 from erpmail.documents import corrections
+from erpmail.inbound import linking
 from erpmail.ui import screens
 
 CSP = (
@@ -36,6 +38,7 @@ _change_run = Depends(requires_access_dag("PUT", DagAccessEntity.RUN))
 _read_outbox = Depends(requires_access_dag("GET", DagAccessEntity.RUN, "outbox_dispatch"))
 _send_outbox = Depends(requires_access_dag("PUT", DagAccessEntity.RUN, "outbox_dispatch"))
 _read_mail = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id="link_mail"))
+_link_mail = Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id="link_mail"))
 
 
 def build() -> FastAPI:
@@ -141,6 +144,35 @@ def build() -> FastAPI:
                 [dict(zip(keys, [*r[:4], r[4].isoformat(), *r[5:7]], strict=True)) for r in rows]
             )
         return HTMLResponse(_pages.get_template("unlinked.html").render(mails=rows))
+
+    @app.get("/mail/{mail_id}", dependencies=[_read_mail])
+    def one_mail(mail_id: int, q: str = Query("", max_length=100), error: str = ""):
+        found = screens.mail(mail_id)
+        if found is None:
+            raise HTTPException(404, f"no received mail {mail_id}")
+        page = _pages.get_template("mail.html").render(
+            mail=found,
+            query=q,
+            partners=screens.find_partners(q),
+            types=linking.ENTITY_TYPES,
+            error=error,
+        )
+        return HTMLResponse(page)
+
+    @app.post("/mail/{mail_id}/link", dependencies=[_link_mail])
+    def link(
+        request: Request,
+        mail_id: int,
+        user: GetUserDep,
+        entity_type: str = Form(...),
+        number: str = Form(..., max_length=100),
+    ):
+        _same_origin(request)
+        try:
+            screens.link(mail_id, entity_type, number, user=user.get_name())
+        except ValueError as exc:  # the field and the record are named in the message
+            return RedirectResponse(f"../{mail_id}?{urlencode({'error': str(exc)})}", 303)
+        return RedirectResponse("../unlinked", 303)
 
     return app
 

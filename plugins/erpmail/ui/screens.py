@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from erpmail.core import db
+from erpmail.inbound import linking
 
 # The DAGs whose runs write letters, and the run kind each writes (erp.runs.kind).
 DOCUMENT_DAGS = {
@@ -69,6 +70,22 @@ UPDATE mail.outbox SET status = 'queued', next_attempt_at = now(), claimed_by = 
  WHERE id = %s AND (status = 'failed' AND mime_purged_at IS NULL OR status = 'queued')
 RETURNING id"""
 AUDIT = "INSERT INTO mail.audit_log (actor, action, subject) VALUES (%s, 'retry_now', %s)"
+
+
+MAIL = """
+SELECT m.id, l.name, m.from_name, m.from_address, m.to_addresses, m.subject, m.sent_date,
+       m.archived_at, m.status, m.failure, m.defects, m.body_text, m.body_html
+  FROM mail.messages m JOIN mail.import_locations l ON l.id = m.location_id
+ WHERE m.id = %s AND m.direction = 'in'"""
+MAIL_ATTACHMENTS = """
+SELECT filename, content_type, size_bytes FROM mail.attachments WHERE message_id = %s ORDER BY id"""
+MAIL_LINKS = """
+SELECT entity_type, entity_id, method FROM mail.message_links WHERE message_id = %s ORDER BY 1, 2"""
+# what a clerk types: a partner's number or part of its name
+FIND_PARTNERS = """
+SELECT number, name, email FROM erp.partners
+ WHERE number = %(q)s OR name ILIKE %(like)s OR email ILIKE %(like)s
+ ORDER BY number LIMIT 20"""
 
 
 @dataclass(frozen=True)
@@ -202,3 +219,37 @@ def retry_now(outbox_id: int, *, user: str) -> bool:
         if done:
             cur.execute(AUDIT, (user, f"outbox {outbox_id}"))
     return done
+
+
+def mail(mail_id: int) -> dict | None:
+    """One received mail as the screen shows it: headers, bodies, attachments, links."""
+    with db.transaction() as cur:
+        cur.execute(MAIL, (mail_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        keys = ("id", "location", "from_name", "from_address", "to", "subject", "sent_date",
+                "received", "status", "failure", "defects", "text", "html")  # fmt: skip
+        found = dict(zip(keys, row, strict=True))
+        cur.execute(MAIL_ATTACHMENTS, (mail_id,))
+        found["attachments"] = cur.fetchall()
+        cur.execute(MAIL_LINKS, (mail_id,))
+        found["links"] = cur.fetchall()
+    return found
+
+
+def find_partners(query: str) -> list[tuple]:
+    """Partners whose number is ``query`` or whose name or address contains it."""
+    text = query.strip()
+    if not text:
+        return []
+    like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    with db.transaction() as cur:
+        cur.execute(FIND_PARTNERS, {"q": text, "like": like})
+        return cur.fetchall()
+
+
+def link(mail_id: int, entity_type: str, number: str, *, user: str) -> None:
+    """File a mail against one entity by its number, as ``link_mail`` does, naming the user."""
+    with db.transaction() as cur:
+        linking.link_manually(cur, str(mail_id), entity_type, number, actor=user)
