@@ -592,6 +592,78 @@ def test_the_clerks_screens_need_airflows_login_and_show_the_letters(deployment)
     ) == [("admin",)]
 
 
+def test_a_clerk_reads_the_letters_and_the_outbox_and_links_a_mail_in_a_browser(deployment):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("browser tests need Debian's chromium (apt-get install chromium)")
+    base = deployment.stack.site.api_url + "/erpmail"
+    ((run_id, airflow_run_id),) = deployment.rows(
+        "SELECT id, airflow_run_id FROM erp.runs WHERE kind = 'dunning' ORDER BY id LIMIT 1"
+    )
+    counts = dict(
+        deployment.rows(
+            "SELECT status, count(*) FROM erp.letters WHERE run_id = %s GROUP BY 1", run_id
+        )
+    )
+    ((mail_id,),) = deployment.rows(
+        "SELECT min(id) FROM mail.messages WHERE direction = 'in' AND status = 'unlinked'"
+    )
+    ((number,),) = deployment.rows("SELECT number FROM erp.partners ORDER BY id DESC LIMIT 1")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1200, "height": 700})
+            # the UI's own session cookie, as after logging in
+            context.add_cookies(
+                [
+                    {
+                        "name": "_token",
+                        "value": deployment.token,
+                        "url": deployment.stack.site.api_url,
+                    }
+                ]
+            )
+            page = context.new_page()
+            page.goto(f"{base}/runs/dunning_run/{quote(airflow_run_id, safe='')}/letters")
+            for status, n in counts.items():
+                assert (
+                    page.locator(f'#counts [data-status="{status}"]').inner_text()
+                    == f"{status} {n}"
+                )
+            page.screenshot(path=str(SCREENSHOTS / "letters.png"))
+            page.select_option("select[name=status]", "released")
+            page.get_by_role("button", name="Filter").click()
+            page.wait_for_load_state()
+            assert page.locator("#letters tr[data-letter]").count() == counts.get("released", 0)
+            page.goto(f"{base}/outbox")
+            assert page.locator("#accounts tr[data-account]").count() >= 1
+            page.screenshot(path=str(SCREENSHOTS / "outbox.png"))
+            page.goto(f"{base}/mail/unlinked")
+            page.locator(f'tr[data-mail="{mail_id}"] a').first.click()
+            page.wait_for_load_state()
+            page.fill("#search input[name=q]", number)
+            page.locator("#search button").click()
+            page.wait_for_load_state()
+            assert page.locator("#partners").inner_text().count(number) >= 1
+            page.screenshot(path=str(SCREENSHOTS / "mail.png"))
+            page.fill("#link input[name=number]", number)
+            page.locator("#link button").click()
+            page.wait_for_url(f"{base}/mail/unlinked")
+        finally:
+            browser.close()
+    assert deployment.rows(
+        "SELECT m.status FROM mail.messages m JOIN mail.message_links k ON k.message_id = m.id"
+        " JOIN erp.partners p ON p.id = k.entity_id AND k.entity_type = 'partner'"
+        " WHERE m.id = %s AND p.number = %s",
+        mail_id,
+        number,
+    ) == [("linked",)]
+
+
 def test_the_trigger_form_submits_with_its_defaults_in_a_browser(deployment):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():

@@ -57,17 +57,19 @@ def build() -> FastAPI:
     def letters(
         dag_id: str,
         run_id: str,
-        status: str | None = Query(None, pattern=f"^({'|'.join(LETTER_STATUSES)})$"),
-        level: int | None = Query(None, ge=1, le=9),
+        # the filter form sends empty values for "all"
+        status: str = Query("", pattern=f"^({'|'.join(LETTER_STATUSES)})?$"),
+        level: str = Query("", pattern="^[1-9]?$"),
         format: str = Query("html", pattern="^(html|json)$"),
     ):
-        found = screens.run_letters(dag_id, run_id, status=status or None, level=level)
+        level_no = int(level) if level else None
+        found = screens.run_letters(dag_id, run_id, status=status or None, level=level_no)
         if format == "json":
             if found is None:
                 raise HTTPException(404, f"no letters for {dag_id} run {run_id!r}")
             return JSONResponse(_as_json(found))
         page = _pages.get_template("letters.html").render(
-            dag_id=dag_id, run_key=run_id, run=found, status=status, level=level
+            dag_id=dag_id, run_key=run_id, run=found, status=status, level=level_no
         )
         return HTMLResponse(page, status_code=200 if found is not None else 404)
 
