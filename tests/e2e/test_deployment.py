@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from unittest import mock
@@ -592,10 +593,28 @@ def test_the_clerks_screens_need_airflows_login_and_show_the_letters(deployment)
     ) == [("admin",)]
 
 
-def test_a_clerk_reads_the_letters_and_the_outbox_and_links_a_mail_in_a_browser(deployment):
+@contextmanager
+def _browser_page(deployment, viewport: dict):
+    """A page of Debian's chromium holding the UI's own session cookie, as after logging in."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip("browser tests need Debian's chromium (apt-get install chromium)")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            context = browser.new_context(viewport=viewport)
+            cookie = {"name": "_token", "value": deployment.token}
+            context.add_cookies([{**cookie, "url": deployment.stack.site.api_url}])
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def test_a_clerk_reads_the_letters_and_the_outbox_and_links_a_mail_in_a_browser(deployment):
     base = deployment.stack.site.api_url + "/erpmail"
     ((run_id, airflow_run_id),) = deployment.rows(
         "SELECT id, airflow_run_id FROM erp.runs WHERE kind = 'dunning' ORDER BY id LIMIT 1"
@@ -609,52 +628,29 @@ def test_a_clerk_reads_the_letters_and_the_outbox_and_links_a_mail_in_a_browser(
         "SELECT min(id) FROM mail.messages WHERE direction = 'in' AND status = 'unlinked'"
     )
     ((number,),) = deployment.rows("SELECT number FROM erp.partners ORDER BY id DESC LIMIT 1")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1200, "height": 700})
-            # the UI's own session cookie, as after logging in
-            context.add_cookies(
-                [
-                    {
-                        "name": "_token",
-                        "value": deployment.token,
-                        "url": deployment.stack.site.api_url,
-                    }
-                ]
-            )
-            page = context.new_page()
-            page.goto(f"{base}/runs/dunning_run/{quote(airflow_run_id, safe='')}/letters")
-            for status, n in counts.items():
-                assert (
-                    page.locator(f'#counts [data-status="{status}"]').inner_text()
-                    == f"{status} {n}"
-                )
-            page.screenshot(path=str(SCREENSHOTS / "letters.png"))
-            page.select_option("select[name=status]", "released")
-            page.get_by_role("button", name="Filter").click()
-            page.wait_for_load_state()
-            assert page.locator("#letters tr[data-letter]").count() == counts.get("released", 0)
-            page.goto(f"{base}/outbox")
-            assert page.locator("#accounts tr[data-account]").count() >= 1
-            page.screenshot(path=str(SCREENSHOTS / "outbox.png"))
-            page.goto(f"{base}/mail/unlinked")
-            page.locator(f'tr[data-mail="{mail_id}"] a').first.click()
-            page.wait_for_load_state()
-            page.fill("#search input[name=q]", number)
-            page.locator("#search button").click()
-            page.wait_for_load_state()
-            assert page.locator("#partners").inner_text().count(number) >= 1
-            page.screenshot(path=str(SCREENSHOTS / "mail.png"))
-            page.fill("#link input[name=number]", number)
-            page.locator("#link button").click()
-            page.wait_for_url(f"{base}/mail/unlinked")
-        finally:
-            browser.close()
+    with _browser_page(deployment, {"width": 1200, "height": 700}) as page:
+        page.goto(f"{base}/runs/dunning_run/{quote(airflow_run_id, safe='')}/letters")
+        for status, n in counts.items():
+            assert page.locator(f'#counts [data-status="{status}"]').inner_text() == f"{status} {n}"
+        page.screenshot(path=str(SCREENSHOTS / "letters.png"))
+        page.select_option("select[name=status]", "released")
+        page.get_by_role("button", name="Filter").click()
+        page.wait_for_load_state()
+        assert page.locator("#letters tr[data-letter]").count() == counts.get("released", 0)
+        page.goto(f"{base}/outbox")
+        assert page.locator("#accounts tr[data-account]").count() >= 1
+        page.screenshot(path=str(SCREENSHOTS / "outbox.png"))
+        page.goto(f"{base}/mail/unlinked")
+        page.locator(f'tr[data-mail="{mail_id}"] a').first.click()
+        page.wait_for_load_state()
+        page.fill("#search input[name=q]", number)
+        page.locator("#search button").click()
+        page.wait_for_load_state()
+        assert page.locator("#partners").inner_text().count(number) >= 1
+        page.screenshot(path=str(SCREENSHOTS / "mail.png"))
+        page.fill("#link input[name=number]", number)
+        page.locator("#link button").click()
+        page.wait_for_url(f"{base}/mail/unlinked")
     assert deployment.rows(
         "SELECT m.status FROM mail.messages m JOIN mail.message_links k ON k.message_id = m.id"
         " JOIN erp.partners p ON p.id = k.entity_id AND k.entity_type = 'partner'"
@@ -665,54 +661,30 @@ def test_a_clerk_reads_the_letters_and_the_outbox_and_links_a_mail_in_a_browser(
 
 
 def test_the_trigger_form_submits_with_its_defaults_in_a_browser(deployment):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("browser tests need Debian's chromium (apt-get install chromium)")
     # paused: the run the form creates stays queued and sends nothing
     deployment.set_paused("dunning_run", True)
     before = {r["dag_run_id"] for r in deployment.runs("dunning_run")}
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    with _browser_page(deployment, {"width": 1400, "height": 1000}) as page:
+        page.goto(deployment.stack.site.api_url + "/dags/dunning_run")
+        page.get_by_test_id("trigger-dag-button").first.click()
+        submit = page.get_by_test_id("trigger-dag-submit")
+        submit.wait_for(state="visible", timeout=30_000)
+        page.wait_for_timeout(1000)  # the form validates as it opens
+        unpause = page.get_by_label("Unpause dunning_run on trigger")
+        if unpause.count() and unpause.is_checked():
+            # the run stays queued: this test is about the form (a styled checkbox: its
+            # label takes the click)
+            page.get_by_text("Unpause dunning_run on trigger").click()
+            assert not unpause.is_checked()
+        page.screenshot(path=str(SCREENSHOTS / "dunning_run-trigger-form.png"), full_page=True)
+        assert submit.is_enabled(), "the trigger form cannot be submitted with its defaults"
+        submit.click()
+        created = deployment.wait(
+            "the run the form triggered",
+            lambda: [r for r in deployment.runs("dunning_run") if r["dag_run_id"] not in before],
+            timeout=30,
+            every=1,
         )
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.add_cookies(
-                [
-                    {
-                        "name": "_token",
-                        "value": deployment.token,
-                        "url": deployment.stack.site.api_url,
-                    }
-                ]
-            )
-            page = context.new_page()
-            page.goto(deployment.stack.site.api_url + "/dags/dunning_run")
-            page.get_by_test_id("trigger-dag-button").first.click()
-            submit = page.get_by_test_id("trigger-dag-submit")
-            submit.wait_for(state="visible", timeout=30_000)
-            page.wait_for_timeout(1000)  # the form validates as it opens
-            unpause = page.get_by_label("Unpause dunning_run on trigger")
-            if unpause.count() and unpause.is_checked():
-                # the run stays queued: this test is about the form (a styled checkbox: its
-                # label takes the click)
-                page.get_by_text("Unpause dunning_run on trigger").click()
-                assert not unpause.is_checked()
-            page.screenshot(path=str(SCREENSHOTS / "dunning_run-trigger-form.png"), full_page=True)
-            assert submit.is_enabled(), "the trigger form cannot be submitted with its defaults"
-            submit.click()
-            created = deployment.wait(
-                "the run the form triggered",
-                lambda: [
-                    r for r in deployment.runs("dunning_run") if r["dag_run_id"] not in before
-                ],
-                timeout=30,
-                every=1,
-            )
-        finally:
-            browser.close()
     conf = created[0]["conf"]
     assert conf.get("company") == "DEMO" and conf.get("dry_run") is False
     assert conf.get("partner_from") in (None, "") and conf.get("key_date") in (None, "")
