@@ -23,7 +23,7 @@ SELECT l.id, l.status, l.outbox_id, o.key, o.account_id, o.recipients, o.mime, o
   LEFT JOIN mail.accounts a ON a.id = o.account_id
  WHERE l.run_id = %s AND l.id = %s
    FOR UPDATE OF l"""
-RESENDS = "SELECT count(*) FROM mail.outbox WHERE key LIKE %s"
+RESENDS = "SELECT count(*) FROM mail.outbox WHERE starts_with(key, %s)"
 RELEASE_AGAIN = """
 UPDATE erp.letters SET status = 'released', outbox_id = %s, error = NULL, updated_at = now()
  WHERE id = %s"""
@@ -51,7 +51,7 @@ def resend(run_id: int, letter_id: int, *, user: str) -> int:
                 f"letter {letter_id}: the mail's bytes were cleared by retention on {purged:%Y-%m-%d}"
             )
         base = key.split(":resend-")[0]
-        cur.execute(RESENDS, (f"{base}:resend-%",))
+        cur.execute(RESENDS, (f"{base}:resend-",))
         new_key = f"{base}:resend-{cur.fetchone()[0] + 1}"
         msg = message_from_bytes(bytes(data), policy=policy.SMTP)
         del msg["Message-ID"]

@@ -108,7 +108,7 @@ def file_one(
     stored = _file(cur, location, parsed, key, sha, size, uid, uidvalidity, day, attempt, retry_of)
     if stored.new:
         bounces.file_received(cur, [(stored.message_row_id, raw, parsed.from_address)])
-    if not stored.new:
+    else:
         store.forget(cur, attempt.keys)
     return stored
 

@@ -17,13 +17,11 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
 
 from psycopg2.extras import execute_values
 
 from erpmail.core import archive, db, locks
-from erpmail.inbound import bounces, linking, parse, pending
+from erpmail.inbound import bounces, headers, linking, parse, pending
 from erpmail.inbound.locations import Location
 
 log = logging.getLogger(__name__)
@@ -196,7 +194,7 @@ def insert_failed(
     """Insert the row of a mail stored raw whose import failed; None when the same bytes
     were stored meanwhile. Message-ID, subject and sender come from the header block, as far
     as it can be read."""
-    message_id, subject, sender = _header_facts(head)
+    facts = headers.brief(head)
     cur.execute(
         INSERT_FAILED,
         (
@@ -204,32 +202,17 @@ def insert_failed(
             location.folder,
             uid,
             uidvalidity,
-            message_id,
+            parse.normalize_message_id(facts.message_id),
             sha,
             key,
             size,
-            subject,
-            sender,
+            parse.clean_text(facts.subject, parse.MAX_SUBJECT_CHARS),
+            facts.from_address and parse.clean_text(facts.from_address, 500),
             reason,
         ),
     )
     row = cur.fetchone()
     return row[0] if row else None
-
-
-def _header_facts(head: bytes) -> tuple[str | None, str, str | None]:
-    try:
-        message_id = parse.message_id_from_header_block(head)
-    except Exception:  # the mail failed already; its row must not
-        message_id = None
-    try:
-        msg = BytesHeaderParser().parsebytes(head)
-        subject = str(make_header(decode_header(msg.get("subject", ""))))
-        sender = str(msg.get("from", "")) or None
-    except Exception:
-        subject, sender = "", None
-    subject = parse.clean_text(subject, parse.MAX_SUBJECT_CHARS)
-    return message_id, subject, sender and parse.clean_text(sender, 500)
 
 
 def record_skipped(cur, location: Location, uidvalidity: int, uid: int, size: int, when) -> None:

@@ -14,14 +14,12 @@ import hashlib
 import logging
 import threading
 import time
-from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
-from email.utils import getaddresses, parseaddr
 
 from psycopg2.extras import execute_values
 
 from erpmail.core import archive, db
 from erpmail.core.copyread import bytes_by_id
+from erpmail.inbound import headers
 from erpmail.inbound.linking import Link, letter_open_items, store_links_many
 
 log = logging.getLogger(__name__)
@@ -50,20 +48,6 @@ RETURNING id, outbox_id"""
 INSERT_SENT_ROW = "('out', %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s, %s)"
 
 
-def _header_facts(data: bytes) -> tuple[str, str | None, str | None, list[str], list[str]]:
-    """Subject, sender name and address, To and Cc of a message we built (plain header
-    parse: the header objects of policy.default cost more than the rest of the archiving)."""
-    headers = BytesHeaderParser().parsebytes(data)
-    from_name, from_address = parseaddr(str(headers.get("From", "")))
-    return (
-        str(make_header(decode_header(str(headers.get("Subject", ""))))),
-        str(make_header(decode_header(from_name))) if from_name else None,
-        from_address or None,
-        [a for _, a in getaddresses([str(v) for v in headers.get_all("To", [])])],
-        [a for _, a in getaddresses([str(v) for v in headers.get_all("Cc", [])])],
-    )
-
-
 def sent_key(account_id: int, sha256: str, sent_at) -> str:
     """Where a sent mail's .eml is stored."""
     return f"sent/account-{account_id}/{sent_at:%Y/%m}/{sha256}.eml"
@@ -87,7 +71,8 @@ def archive_sent(conn, *, limit: int = BATCH) -> int:
             sha = hashlib.sha256(data).hexdigest()
             key = archive.store(sent_key(account_id, sha, sent_at), data)
             keys.append(key)
-            subject, from_name, from_address, to, cc = _header_facts(data)
+            # the plain parser: policy.default's header objects cost more than the rest
+            facts = headers.brief(data)
             values.append(
                 (
                     outbox_id,
@@ -95,11 +80,11 @@ def archive_sent(conn, *, limit: int = BATCH) -> int:
                     sha,
                     key,
                     len(data),
-                    subject,
-                    from_address,
-                    from_name,
-                    to,
-                    cc,
+                    facts.subject,
+                    facts.from_address,
+                    facts.from_name,
+                    facts.to,
+                    facts.cc,
                     sent_at,
                     "linked" if letter_id is not None else "unlinked",
                 )

@@ -75,8 +75,8 @@ def build() -> FastAPI:
 
     @app.get("/runs/{dag_id}/{run_id}/letters/{letter_id}.{kind}", dependencies=[_read_run])
     def letter_file(dag_id: str, run_id: str, letter_id: int, kind: str):
-        run = screens.run_id_of(dag_id, run_id)
-        files = screens.letter_files(run, letter_id) if run is not None else None
+        run = screens.run_of(dag_id, run_id)
+        files = screens.letter_files(run[0], letter_id) if run is not None else None
         key = None if files is None else {"pdf": files[0], "eml": files[1]}.get(kind)
         if key is None:
             raise HTTPException(404, f"letter {letter_id} has no {kind} in this run")
@@ -87,12 +87,12 @@ def build() -> FastAPI:
         request: Request, dag_id: str, run_id: str, letter_id: int, action: str, user: GetUserDep
     ):
         _same_origin(request)
-        run = screens.run_id_of(dag_id, run_id)
+        run = screens.run_of(dag_id, run_id)
         fix = {"resend": corrections.resend, "to-paper": corrections.to_paper}.get(action)
         if run is None or fix is None:
             raise HTTPException(404, f"no {action!r} for a letter of {dag_id} run {run_id!r}")
         try:
-            fix(run, letter_id, user=user.get_name())
+            fix(run[0], letter_id, user=user.get_name())
         except corrections.CorrectionRefused as exc:
             raise HTTPException(409, str(exc)) from None
         return RedirectResponse(
@@ -101,10 +101,10 @@ def build() -> FastAPI:
 
     @app.get("/runs/{dag_id}/{run_id}/print-batch.pdf", dependencies=[_read_run])
     def print_batch(dag_id: str, run_id: str):
-        found = screens.run_letters(dag_id, run_id, status="paper")
-        if found is None or not found.print_batch:
+        run = screens.run_of(dag_id, run_id)
+        if run is None or not run[1]:
             raise HTTPException(404, "this run has no print batch")
-        return _download(found.print_batch, f"print-batch-{found.run_id}.pdf")
+        return _download(run[1], f"print-batch-{run[0]}.pdf")
 
     @app.get("/outbox", dependencies=[_read_outbox])
     def outbox(format: str = Query("html", pattern="^(html|json)$")):

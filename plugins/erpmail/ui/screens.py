@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from erpmail.core import db
+from erpmail.documents import summary
 from erpmail.inbound import linking
 
 # The DAGs whose runs write letters, and the run kind each writes (erp.runs.kind).
@@ -17,7 +18,7 @@ DOCUMENT_DAGS = {
 MAX_ROWS = 5000
 
 RUN = """
-SELECT id, key_date, dry_run, status, print_batch_path, summary FROM erp.runs
+SELECT id, key_date, dry_run, status, print_batch_path FROM erp.runs
  WHERE kind = %s AND airflow_run_id = %s"""
 LETTERS = """
 SELECT s.letter_id, s.partner_number, s.partner_name, s.level, s.totals, s.status,
@@ -32,6 +33,7 @@ SELECT s.letter_id, s.partner_number, s.partner_name, s.level, s.totals, s.statu
  LIMIT %(limit)s"""
 COUNTS = """
 SELECT status, count(*) FROM erp.letters WHERE run_id = %s GROUP BY 1 ORDER BY 1"""
+
 LEVELS = "SELECT DISTINCT level FROM erp.letters WHERE run_id = %s AND level IS NOT NULL ORDER BY 1"
 LETTER_FILE = """
 SELECT l.pdf_path, m.eml_path FROM erp.letters l
@@ -134,9 +136,11 @@ def run_letters(
         run = cur.fetchone()
         if run is None:
             return None
-        run_id, key_date, dry_run, run_status, print_batch, summary = run
+        run_id, key_date, dry_run, run_status, print_batch = run
         cur.execute(COUNTS, (run_id,))
         counts = dict(cur.fetchall())
+        cur.execute(summary.SUMMARY_BOUNCED, (run_id,))
+        bounced = cur.fetchone()[0]
         cur.execute(LEVELS, (run_id,))
         levels = [lv for (lv,) in cur.fetchall()]
         cur.execute(LETTERS, {"run": run_id, "status": status, "level": level, "limit": MAX_ROWS})
@@ -158,29 +162,20 @@ def run_letters(
             )
             for row in cur.fetchall()
         ]
-    bounced = sum(1 for x in letters if x.mail_status == "bounced") if status is None else 0
     return RunLetters(
-        run_id,
-        key_date,
-        dry_run,
-        run_status,
-        print_batch,
-        counts,
-        levels,
-        (summary or {}).get("bounced", bounced),
-        letters,
+        run_id, key_date, dry_run, run_status, print_batch, counts, levels, bounced, letters
     )
 
 
-def run_id_of(dag_id: str, airflow_run_id: str) -> int | None:
-    """The ``erp.runs`` id of a document DAG's run, or None."""
+def run_of(dag_id: str, airflow_run_id: str) -> tuple[int, str | None] | None:
+    """The ``erp.runs`` id and print batch of a document DAG's run, or None."""
     kind = DOCUMENT_DAGS.get(dag_id)
     if kind is None:
         return None
     with db.transaction() as cur:
         cur.execute(RUN, (kind, airflow_run_id))
         row = cur.fetchone()
-    return row[0] if row else None
+    return (row[0], row[4]) if row else None
 
 
 def letter_files(run_id: int, letter_id: int) -> tuple[str | None, str | None] | None:
