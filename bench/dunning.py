@@ -71,7 +71,7 @@ def main() -> int:
         settings.configure_orm()
         dag = DagBag(dag_folder=scratch.ROOT / "dags").get_dag("dunning_run")
         started = time.monotonic()
-        dr = dag.test(run_conf={"company": "DEMO"})
+        dr = dag.test(run_conf={"company": "DEMO", "approval": False})
         pipeline_s = time.monotonic() - started
         tis = dr.get_task_instances()
         with db.transaction(conn) as cur:

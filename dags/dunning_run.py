@@ -15,6 +15,15 @@ mail can go, as soon as it is rendered -> `print_batch` (all paper letters in on
 archived) -> `summary` (per status and level, totals, paper reasons, failures; stored on
 `erp.runs.summary` and in the task log).
 
+**Approval** (the "Mahnvorschlag", on by default): after every batch is rendered and
+archived, `approve` waits for a clerk. The proposal (letters per level, totals, mail or
+paper with the reason, a sample PDF per level) is on the run's Letters screen and in the
+task's Required Actions; the clerk approves, leaving single partners out, or rejects. Only
+approved letters are routed; the rest are `withheld` (`excluded` or `rejected`) and never
+count as a previous letter. The decision, user and time are on the run (`erp.runs.approval`,
+`approval_by`, `approval_at`). With approval off, or in a dry run, `approval_gate` skips
+`approve` and each batch routes as soon as it is rendered.
+
 The letter then follows its mail: `sent` or `failed` (with the server's reply) when the
 `outbox_dispatch` DAG sends it. Per run, `erp.letter_status` is the "Versandstatus".
 
@@ -48,6 +57,7 @@ import pendulum
 from airflow.sdk import DAG, Param
 
 from erpmail.operators.document_run import (
+    approval_param,
     company_param,
     document_tasks,
     partner_range_params,
@@ -87,7 +97,8 @@ with DAG(
             description="Levels this run may reach; an item due for another level waits.",
         ),
         **partner_range_params(),
+        **approval_param(),
         **run_option_params(),
     },
 ):
-    document_tasks("dunning")
+    document_tasks("dunning", approval=True)

@@ -27,7 +27,12 @@ os.environ.update(airflow_home.settings(_AIRFLOW_HOME), AIRFLOW__CORE__UNIT_TEST
 for _var in ("AIRFLOW_CONN_ERP_DB", "ERPMAIL_DB_URL"):
     os.environ.pop(_var, None)
 
-pytest_plugins = ["tests.servers.fixtures", "tests.mailaccounts", "tests.partners"]
+pytest_plugins = [
+    "tests.servers.fixtures",
+    "tests.mailaccounts",
+    "tests.partners",
+    "tests.airflowapi",
+]
 
 TEST_DB_URL = os.environ.get("ERPMAIL_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -185,7 +185,12 @@ def run_demo(partners: int = 200) -> int:
         print("airflow db migrate ...", flush=True)
         took = _airflow(["db", "migrate"], env, logs / "airflow-db-migrate.log")
         print(f"  done in {took:.0f} s", flush=True)
-        conf = {"key_date": key_date, "company": seed.COMPANY, "note": "make demo"}
+        conf = {
+            "key_date": key_date,
+            "company": seed.COMPANY,
+            "note": "make demo",
+            "approval": False,
+        }
         print(f"airflow dags test dunning_run (key date {key_date}) ...", flush=True)
         took = _airflow(
             ["dags", "test", "dunning_run", "-c", json.dumps(conf)], env, logs / "dunning_run.log"

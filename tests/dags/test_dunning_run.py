@@ -104,7 +104,13 @@ def setup(seeded_db, company_sender, smtp_server, airflow_db, tmp_path, monkeypa
     return seeded_db, smtp_server
 
 
-CONF = {"key_date": TODAY.isoformat(), "company": "DEMO", "levels": ["1", "2", "3"], "note": "test"}
+CONF = {
+    "key_date": TODAY.isoformat(),
+    "company": "DEMO",
+    "levels": ["1", "2", "3"],
+    "note": "test",
+    "approval": False,
+}
 
 
 @pytest.mark.timeout(900)
@@ -228,12 +234,30 @@ def test_each_batch_is_routed_after_its_own_render_and_before_the_print_batch(ai
 
     dag = dagtest.dag("dunning_run")
     assert sorted(dag.task_ids) == sorted(
-        ["start", "generate", "plan", "batch.render", "batch.route", "print_batch", "summary"]
+        [
+            "start",
+            "generate",
+            "plan",
+            "approval_gate",
+            "approve",
+            "batch.render",
+            "batch.route",
+            "print_batch",
+            "summary",
+        ]
     )
     assert isinstance(dag.task_group_dict["batch"], MappedTaskGroup)
     # in the mapped group route[i] waits for render[i] only, not for the other batches (and
-    # for start and plan, whose run id and batch number it reads)
-    assert dag.get_task("batch.route").upstream_task_ids == {"batch.render", "start", "plan"}
+    # for start and plan, whose run id and batch number it reads, and approve, which
+    # approval_gate skips at once when the form turns approval off)
+    assert dag.get_task("batch.route").upstream_task_ids == {
+        "batch.render",
+        "start",
+        "plan",
+        "approve",
+    }
+    assert dag.get_task("batch.route").trigger_rule == "none_failed"
+    assert dag.get_task("approve").upstream_task_ids == {"batch.render", "start", "approval_gate"}
     assert dag.get_task("batch.render").upstream_task_ids == {"start", "plan"}
     assert dag.get_task("print_batch").upstream_task_ids == {"batch.route", "start"}
     assert dag.get_task("plan").upstream_task_ids == {"start", "generate"}

@@ -3,44 +3,22 @@ manager: no token, no data; a viewer reads, only an editor changes."""
 
 from __future__ import annotations
 
-import pytest
-
 from erpmail.core.db import transaction
 from tests.mailaccounts import add_account
 from tests.outboxmail import enqueue_many
-
-SIMPLE = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-
-
-@pytest.fixture
-def airflow_api(airflow_db, db, monkeypatch):
-    """Airflow's API app with the plugins of plugins/, and tokens for a viewer and an admin."""
-    monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER", SIMPLE)
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "clerk:viewer,boss:admin")
-    from airflow.api_fastapi.app import create_app, get_auth_manager, purge_cached_app
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-    from fastapi.testclient import TestClient
-
-    purge_cached_app()
-    client = TestClient(create_app("core"))
-    tokens = {
-        name: get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=name, role=role))
-        for name, role in (("clerk", "viewer"), ("boss", "admin"))
-    }
-    yield client, {n: {"Authorization": f"Bearer {t}"} for n, t in tokens.items()}
-    purge_cached_app()
-
 
 ROUTES = [
     "/erpmail/runs/dunning_run/manual__1/letters",
     "/erpmail/runs/dunning_run/manual__1/letters/1.pdf",
     "/erpmail/runs/dunning_run/manual__1/print-batch.pdf",
+    "/erpmail/runs/dunning_run/manual__1/proposal",
     "/erpmail/outbox",
     "/erpmail/mail/unlinked",
     "/erpmail/mail/1",
 ]
 CHANGES = [
     "/erpmail/runs/dunning_run/manual__1/letters/1/resend",
+    "/erpmail/runs/dunning_run/manual__1/proposal",
     "/erpmail/outbox/1/retry",
     "/erpmail/mail/1/link",
 ]

@@ -81,7 +81,7 @@ SELECT DISTINCT ON (li.open_item_id) li.open_item_id, li.level, r.key_date
    AND r.kind = 'dunning'
    AND NOT r.dry_run
    AND r.id <> %(run_id)s
-   AND l.status <> 'failed'
+   AND l.status NOT IN ('failed', 'withheld')
  ORDER BY li.open_item_id, li.level DESC, r.key_date, r.id"""
 INSERT_LETTERS = """
 INSERT INTO erp.letters (run_id, partner_id, document, language, level, totals, fee, fee_currency,

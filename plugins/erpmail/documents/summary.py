@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import Counter, defaultdict
-from datetime import date
+from datetime import UTC, date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,10 @@ SELECT l.id, p.number, l.error FROM erp.letters l JOIN erp.partners p ON p.id = 
 SUMMARY_BOUNCED = """
 SELECT count(*) FROM erp.letters l JOIN mail.outbox o ON o.id = l.outbox_id
  WHERE l.run_id = %s AND o.status = 'bounced'"""
+SUMMARY_APPROVAL = """
+SELECT r.approval, r.approval_by, r.approval_at,
+       (SELECT count(*) FROM erp.letters l WHERE l.run_id = r.id AND l.withheld_reason = 'excluded')
+  FROM erp.runs r WHERE r.id = %s"""
 SUMMARY_SAMPLE = """
 SELECT l.pdf_path FROM erp.letters l WHERE l.run_id = %s AND l.pdf_path IS NOT NULL
  ORDER BY l.id LIMIT 1"""
@@ -49,7 +53,7 @@ SELECT l.pdf_path FROM erp.letters l WHERE l.run_id = %s AND l.pdf_path IS NOT N
 UNKEPT_PDFS = """
 SELECT l.id, l.pdf_path FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id
  WHERE l.run_id = %s AND NOT r.dry_run AND NOT l.keep_pdf AND l.pdf_path IS NOT NULL
-   AND l.status IN ('released', 'sent', 'paper', 'failed')"""
+   AND l.status IN ('released', 'sent', 'paper', 'failed', 'withheld')"""
 FORGET_PDFS = "UPDATE erp.letters SET pdf_path = NULL, updated_at = now() WHERE id = ANY(%s)"
 FINISH_RUN = """
 UPDATE erp.runs SET summary = %s, status = 'done', finished_at = coalesce(finished_at, now())
@@ -128,6 +132,8 @@ def summarize(run_id: int) -> dict[str, Any]:
         bounced = cur.fetchone()[0]
         cur.execute(SUMMARY_SAMPLE, (run_id,))
         sample = cur.fetchone()
+        cur.execute(SUMMARY_APPROVAL, (run_id,))
+        approval, approval_by, approval_at, excluded = cur.fetchone()
         summary = {
             "run_id": run_id,
             "kind": run.kind,
@@ -143,6 +149,13 @@ def summarize(run_id: int) -> dict[str, Any]:
             "totals": dict(totals),
             "failures": failures,
             "bounced": bounced,  # kept up to date by the import as bounces come back
+            "approval": approval
+            and {
+                "state": approval,
+                "by": approval_by,
+                "at": approval_at.astimezone(UTC).isoformat() if approval_at else None,
+                "excluded": excluded,
+            },
             "print_batch": run.print_batch_path,
             "sample_pdf": sample[0] if sample else None,
             "archive_root": str(archive.root()),

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from airflow.providers.standard.operators.branch import BaseBranchOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk import BaseOperator, Param, task_group
 
 PARTNER_NUMBER = "^[0-9A-Za-z_-]{0,20}$"
@@ -67,6 +69,19 @@ def partner_range_params() -> dict[str, Param]:
             description="Last partner number (inclusive); empty: to the last. Must not be before "
             "'from' (checked by the first task).",
         ),
+    }
+
+
+def approval_param() -> dict[str, Param]:
+    """``approval``: whether the rendered run waits for a clerk before anything is routed."""
+    return {
+        "approval": Param(
+            True,
+            type="boolean",
+            title="Approval",
+            description="Wait after rendering until a clerk approves the proposal (Letters "
+            "screen, or the run's Required Actions); off: route as soon as rendered.",
+        )
     }
 
 
@@ -214,6 +229,89 @@ class RouteBatchOperator(_BatchStepOperator):
         return routing.route_batch(int(self.erp_run), int(self.batch), runs.kind_named(self.kind))
 
 
+class ApprovalGateOperator(BaseBranchOperator):
+    """Ask for approval (run ``approve``) when the form asks for it and the run is not a dry
+    run; else skip ``approve`` at once, so each batch routes as soon as it is rendered."""
+
+    ui_color = UI_COLOR
+
+    def choose_branch(self, context: Any) -> str | None:
+        params = context["params"]
+        return "approve" if params.get("approval") and not params.get("dry_run") else None
+
+
+class ApproveProposalOperator(ApprovalOperator):
+    """Wait for a clerk's decision on the rendered run's proposal (Airflow's human-in-the-loop
+    request: Approve or Reject, with the partners to leave out), then write it on the run
+    (``erpmail.documents.approval.decide``): who, when, what is withheld.
+
+    A reject withholds every letter and skips nothing: the routes find nothing to queue, and
+    the print batch and summary still close the run. A run decided before (a cleared task)
+    is not asked again.
+
+    :param kind: the document kind (templated)
+    :param erp_run: the run's id (templated)
+    """
+
+    template_fields: Sequence[str] = ("subject", "body", "kind", "erp_run")
+    ui_color = UI_COLOR
+
+    def __init__(self, *, kind: str, erp_run: Any, params: Any = None, **kwargs: Any) -> None:
+        # the form of the request is its own: the DAG's params (passed in here) are the run's
+        super().__init__(
+            subject="Approve the dunning proposal",
+            params={
+                "exclude": Param(
+                    [],
+                    type="array",
+                    items={"type": "string", "pattern": PARTNER_NUMBER},
+                    title="Partners to leave out",
+                    description="Partner numbers whose letters are withheld on approval.",
+                )
+            },
+            **kwargs,
+        )
+        self.kind, self.erp_run = kind, erp_run
+
+    def execute(self, context: Any) -> Any:
+        from erpmail.documents import approval, runs
+
+        run_id = int(self.erp_run)
+        if (done := approval.decided(run_id)) is not None:
+            self.log.info("run %s was %s by %s", run_id, _verdict(done), done.user)
+            return None
+        proposal = approval.propose(run_id, runs.kind_named(self.kind))
+        dag_run = context["dag_run"]
+        link = f"/erpmail/runs/{dag_run.dag_id}/{dag_run.run_id}/proposal"
+        self.body = approval.proposal_text(proposal, link)
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from erpmail.documents import approval
+
+        # the human-in-the-loop checks only: ApprovalOperator's own reject would skip the rest
+        result = HITLOperator.execute_complete(self, context, event)
+        who = result["responded_by_user"] or {}
+        decision = approval.Decision(
+            approved=result["chosen_options"] == [self.APPROVE],
+            user=str(who.get("name") or who.get("id") or "unknown"),
+            at=result["responded_at"],
+            excluded=approval.excluded_numbers(result["params_input"].get("exclude")),
+        )
+        try:
+            outcome = approval.decide(int(self.erp_run), decision)
+        except approval.DecisionRefused as exc:  # clear this task to ask again
+            raise AirflowFailException(str(exc)) from exc
+        self.log.info("%s by %s: %s", _verdict(decision), decision.user, outcome)
+        return {"approval": _verdict(decision), "by": decision.user, **outcome}
+
+
+def _verdict(decision: Any) -> str:
+    return "approved" if decision.approved else "rejected"
+
+
 class PrintBatchOperator(BaseOperator):
     """Merge the run's paper letters (a dry run: every rendered letter, for review) into one
     archived PDF by partner number, then drop the PDFs a level keeps no copy of. Returns the
@@ -260,20 +358,33 @@ class SummarizeRunOperator(BaseOperator):
         return summary.summarize(int(self.erp_run))
 
 
-def document_tasks(kind: str) -> tuple[BaseOperator, BaseOperator]:
+def document_tasks(kind: str, *, approval: bool = False) -> tuple[BaseOperator, BaseOperator]:
     """Add a whole document run of ``kind`` to the DAG being defined: ``start``, ``generate``,
     ``plan``, the task group ``batch`` mapped per batch (``batch.render`` then
     ``batch.route``), ``print_batch`` after every batch, ``summary`` last. The DAG's params
-    are the form. Returns the first and the last task, to wire more around them."""
+    are the form. Returns the first and the last task, to wire more around them.
+
+    ``approval``: the form has the ``approval`` field; when it is on, ``approve`` waits for
+    every batch's render and every route waits for ``approve`` (``approval_gate`` skips it
+    otherwise, and the routes run on: trigger rule ``none_failed``)."""
     start = StartDocumentRunOperator(task_id="start", kind=kind, retries=0)
     generate = GenerateLettersOperator(task_id="generate", kind=kind, erp_run=start.output)
     plan = PlanBatchesOperator(task_id="plan", erp_run=start.output, letters=generate.output)
+    approve = None
+    if approval:
+        approve = ApproveProposalOperator(task_id="approve", kind=kind, erp_run=start.output)
+        start >> ApprovalGateOperator(task_id="approval_gate") >> approve
 
     @task_group(group_id="batch")
     def batch(erp_run: Any, batch: Any) -> None:
         """One batch: rendered, then routed, without waiting for the other batches."""
         render = RenderBatchOperator(task_id="render", kind=kind, erp_run=erp_run, batch=batch)
-        render >> RouteBatchOperator(task_id="route", kind=kind, erp_run=erp_run, batch=batch)
+        route = RouteBatchOperator(
+            task_id="route", kind=kind, erp_run=erp_run, batch=batch, trigger_rule="none_failed"
+        )
+        render >> route
+        if approve is not None:
+            render >> approve >> route
 
     batches = batch.partial(erp_run=start.output).expand(batch=plan.output)
     summary = SummarizeRunOperator(task_id="summary", erp_run=start.output)

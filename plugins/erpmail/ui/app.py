@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from erpmail.core import archive
-from erpmail.documents import corrections
+from erpmail.documents import approval, corrections
 from erpmail.inbound import linking
 from erpmail.ui import screens
 
@@ -27,7 +27,12 @@ CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
     "frame-ancestors 'self'; form-action 'self'; base-uri 'none'"
 )
-LETTER_STATUSES = ("generated", "rendered", "archived", "released", "paper", "sent", "failed")
+LETTER_STATUSES = (
+    "generated", "rendered", "archived", "released", "paper", "sent", "failed", "withheld"
+)  # fmt: skip
+APPROVAL_TASK = "approve"  # the dunning run's human-in-the-loop task
+
+NO_PARTNERS = Form(default=[])
 
 _pages = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -35,6 +40,7 @@ _pages = Environment(
 )
 _read_run = Depends(requires_access_dag("GET", DagAccessEntity.RUN))
 _change_run = Depends(requires_access_dag("PUT", DagAccessEntity.RUN))
+_decide_run = Depends(requires_access_dag("PUT", DagAccessEntity.HITL_DETAIL))
 _read_outbox = Depends(requires_access_dag("GET", DagAccessEntity.RUN, "outbox_dispatch"))
 _send_outbox = Depends(requires_access_dag("PUT", DagAccessEntity.RUN, "outbox_dispatch"))
 _read_mail = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id="link_mail"))
@@ -98,6 +104,52 @@ def build() -> FastAPI:
         return RedirectResponse(
             f"../../letters?status={'released' if action == 'resend' else 'paper'}", 303
         )
+
+    @app.get("/runs/{dag_id}/{run_id}/proposal", dependencies=[_read_run])
+    def proposal(
+        dag_id: str,
+        run_id: str,
+        error: str = "",
+        format: str = Query("html", pattern="^(html|json)$"),
+    ):
+        found = screens.run_proposal(dag_id, run_id)
+        if format == "json":
+            if found is None:
+                raise HTTPException(404, f"{dag_id} run {run_id!r} has no proposal")
+            run = found["run"]
+            return JSONResponse(
+                {
+                    "approval": run.approval,
+                    "approval_by": run.approval_by,
+                    "approval_at": run.approval_at.isoformat() if run.approval_at else None,
+                    "levels": found["proposal"].get("levels", {}),
+                    "letters": found["letters"],
+                }
+            )
+        page = _pages.get_template("proposal.html").render(
+            dag_id=dag_id, run_key=run_id, found=found, error=error
+        )
+        return HTMLResponse(page, status_code=200 if found is not None else 404)
+
+    @app.post("/runs/{dag_id}/{run_id}/proposal", dependencies=[_decide_run])
+    def decide(
+        request: Request,
+        dag_id: str,
+        run_id: str,
+        user: GetUserDep,
+        decision: str = Form(..., pattern="^(Approve|Reject)$"),
+        exclude: list[str] = NO_PARTNERS,
+    ):
+        _same_origin(request)
+        found = screens.run_proposal(dag_id, run_id)
+        if found is None or found["run"].approval != "waiting":
+            raise HTTPException(409, f"{dag_id} run {run_id!r} is not waiting for approval")
+        numbers = approval.excluded_numbers(exclude)
+        if unknown := approval.unknown_partners(found["run"].run_id, numbers):
+            message = "exclude: no letter in this run for partner " + ", ".join(unknown)
+            return RedirectResponse(f"proposal?{urlencode({'error': message})}", 303)
+        _respond(dag_id, run_id, user, decision, numbers)
+        return RedirectResponse("letters", 303)
 
     @app.get("/runs/{dag_id}/{run_id}/print-batch.pdf", dependencies=[_read_run])
     def print_batch(dag_id: str, run_id: str):
@@ -177,6 +229,28 @@ def build() -> FastAPI:
         return RedirectResponse("../unlinked", 303)
 
     return app
+
+
+def _respond(dag_id: str, run_id: str, user, decision: str, excluded: tuple[str, ...]) -> None:
+    """Answer the run's approval request as Airflow's Required Actions do (the same call:
+    the respondent check, the stored response, the task resumed)."""
+    from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+    from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+    from airflow.utils.session import create_session
+
+    payload = UpdateHITLDetailPayload(
+        chosen_options=[decision], params_input={"exclude": list(excluded)}
+    )
+    with create_session() as session:
+        update_hitl_detail(
+            dag_id=dag_id,
+            dag_run_id=run_id,
+            task_id=APPROVAL_TASK,
+            update_hitl_detail_payload=payload,
+            user=user,
+            session=session,
+            map_index=-1,
+        )
 
 
 def _same_origin(request: Request) -> None:

@@ -18,11 +18,17 @@ DOCUMENT_DAGS = {
 MAX_ROWS = 5000
 
 RUN = """
-SELECT id, key_date, dry_run, status, print_batch_path FROM erp.runs
- WHERE kind = %s AND airflow_run_id = %s"""
+SELECT id, key_date, dry_run, status, print_batch_path, approval, approval_by, approval_at
+  FROM erp.runs WHERE kind = %s AND airflow_run_id = %s"""
+PROPOSAL = "SELECT proposal FROM erp.runs WHERE id = %s"
+PROPOSED_LETTERS = """
+SELECT l.id, p.number, p.name, l.level, l.totals, l.status, l.withheld_reason
+  FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
+ WHERE l.run_id = %s AND l.status IN ('archived', 'withheld')
+ ORDER BY p.number, l.id LIMIT %s"""
 LETTERS = """
 SELECT s.letter_id, s.partner_number, s.partner_name, s.level, s.totals, s.status,
-       s.paper_reason, s.error, s.recipient, s.sent_at, s.mail_status, s.sent_uncertain,
+       coalesce(s.paper_reason, s.withheld_reason), s.error, s.recipient, s.sent_at, s.mail_status, s.sent_uncertain,
        s.pdf_path IS NOT NULL, m.id
   FROM erp.letter_status s
   LEFT JOIN mail.messages m ON m.outbox_id = s.outbox_id AND m.direction = 'out'
@@ -100,7 +106,7 @@ class Letter:
     level: int | None
     totals: dict
     status: str
-    reason: str | None  # the paper reason, or the server's reply of a failed letter
+    reason: str | None  # the paper or withheld reason, or the server's reply of a failed letter
     recipient: str | None
     sent_at: object
     mail_status: str | None
@@ -122,6 +128,9 @@ class RunLetters:
     levels: list[int]
     bounced: int
     letters: list[Letter]
+    approval: str | None = None  # waiting, approved, rejected; None: not asked for
+    approval_by: str | None = None
+    approval_at: object = None
 
 
 def run_letters(
@@ -136,7 +145,7 @@ def run_letters(
         run = cur.fetchone()
         if run is None:
             return None
-        run_id, key_date, dry_run, run_status, print_batch = run
+        run_id, key_date, dry_run, run_status, print_batch, *approval = run
         cur.execute(COUNTS, (run_id,))
         counts = dict(cur.fetchall())
         cur.execute(summary.SUMMARY_BOUNCED, (run_id,))
@@ -163,8 +172,28 @@ def run_letters(
             for row in cur.fetchall()
         ]
     return RunLetters(
-        run_id, key_date, dry_run, run_status, print_batch, counts, levels, bounced, letters
-    )
+        run_id, key_date, dry_run, run_status, print_batch, counts, levels, bounced, letters,
+        *approval,
+    )  # fmt: skip
+
+
+def run_proposal(dag_id: str, airflow_run_id: str) -> dict | None:
+    """The proposal of a run that waits (or waited) for approval: what ``approve`` fixed per
+    level, the decision, and each proposed letter with where it would go; None if none."""
+    found = run_letters(dag_id, airflow_run_id, status="-")  # the run alone, no letters
+    if found is None or found.approval is None:
+        return None
+    with db.transaction() as cur:
+        cur.execute(PROPOSAL, (found.run_id,))
+        (proposal,) = cur.fetchone()
+        cur.execute(PROPOSED_LETTERS, (found.run_id, MAX_ROWS))
+        routes = (proposal or {}).get("routes", {})
+        keys = ("id", "partner", "partner_name", "level", "totals", "status", "withheld")
+        letters = [
+            {**dict(zip(keys, row, strict=True)), "route": routes.get(str(row[0]), "")}
+            for row in cur.fetchall()
+        ]
+    return {"run": found, "proposal": proposal or {}, "letters": letters}
 
 
 def run_of(dag_id: str, airflow_run_id: str) -> tuple[int, str | None] | None:
