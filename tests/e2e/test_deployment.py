@@ -252,12 +252,33 @@ def test_bad_conf_is_refused_by_the_param_schema(deployment):
     assert len(deployment.runs("dunning_run")) == before
 
 
-def test_dunning_run_renders_on_two_workers_and_every_letter_is_sent_once(deployment):
+def test_dunning_run_renders_on_two_workers_waits_for_approval_and_sends_each_letter_once(
+    deployment,
+):
     deployment.set_paused("dunning_run", False)
-    triggered = deployment.trigger("dunning_run", {})  # the form's defaults
+    triggered = deployment.trigger("dunning_run", {})  # the form's defaults: approval on
     assert triggered.status_code == 200, triggered.text
     run_id = triggered.json()["dag_run_id"]
+    deployment.wait(
+        "the proposal to wait for a clerk",
+        lambda: [
+            t
+            for t in deployment.task_instances("dunning_run", run_id)
+            if t["task_id"] == "approve" and t["state"] == "awaiting_input"
+        ],
+        timeout=300,
+    )
+    queued = "SELECT count(*) FROM mail.outbox WHERE key LIKE 'dunning:%%'"
+    assert deployment.rows(queued) == [(0,)]  # rendered and archived, nothing released
+    left_out = _approve_in_a_browser(deployment, run_id)
     deployment.finished_run("dunning_run", run_id, timeout=300)
+    assert deployment.rows(
+        "SELECT r.approval, r.approval_by, l.status, l.withheld_reason FROM erp.runs r"
+        " JOIN erp.letters l ON l.run_id = r.id JOIN erp.partners p ON p.id = l.partner_id"
+        " WHERE r.airflow_run_id = %s AND p.number = %s",
+        run_id,
+        left_out,
+    ) == [("approved", "admin", "withheld", "excluded")]
 
     renders = [
         t
@@ -284,6 +305,7 @@ def test_dunning_run_renders_on_two_workers_and_every_letter_is_sent_once(deploy
         )
     )
     assert statuses["failed"] == 0 and statuses["generated"] == 0, statuses
+    assert statuses["withheld"] == 1
     released = statuses["released"] + statuses["sent"]
     assert released > 100
 
@@ -481,7 +503,8 @@ def test_a_bounce_fails_its_letter_and_the_next_dunning_run_prints_for_that_part
     ((key_date,),) = deployment.rows("SELECT key_date FROM erp.runs WHERE id = %s", run_id)
 
     later = (key_date + timedelta(days=30)).isoformat()
-    again = deployment.trigger("dunning_run", {"key_date": later}).json()["dag_run_id"]
+    again = deployment.trigger("dunning_run", {"key_date": later, "approval": False})
+    again = again.json()["dag_run_id"]
     deployment.finished_run("dunning_run", again, timeout=300)
 
     assert deployment.rows(
@@ -612,6 +635,36 @@ def _browser_page(deployment, viewport: dict):
             yield context.new_page()
         finally:
             browser.close()
+
+
+def _approve_in_a_browser(deployment, run_id: str) -> str:
+    """From the run's Letters page to its proposal: check the levels shown, leave the first
+    partner out, approve; returns that partner's number."""
+    base = deployment.stack.site.api_url + "/erpmail"
+    letters = f"{base}/runs/dunning_run/{quote(run_id, safe='')}/letters"
+    levels = dict(
+        deployment.rows(
+            "SELECT l.level, count(*) FROM erp.letters l JOIN erp.runs r ON r.id = l.run_id"
+            " WHERE r.airflow_run_id = %s AND l.status = 'archived' GROUP BY 1",
+            run_id,
+        )
+    )
+    with _browser_page(deployment, {"width": 1200, "height": 700}) as page:
+        page.goto(letters)
+        page.get_by_role("link", name="Review the proposal").click()
+        page.wait_for_load_state()
+        for level, n in levels.items():
+            cells = page.locator(f'#levels tr[data-level="{level}"] td')
+            assert cells.nth(1).inner_text() == str(n)
+        assert page.locator("#levels a", has_text="sample PDF").count() == len(levels)
+        page.screenshot(path=str(SCREENSHOTS / "proposal.png"))
+        first = page.locator('#letters input[name="exclude"]').first
+        left_out = first.get_attribute("value")
+        first.check()
+        page.get_by_role("button", name="Approve").click()
+        page.wait_for_url(f"{letters}?answered=approved")
+        assert "approved" in page.locator("#approval").inner_text().lower()
+    return left_out
 
 
 def test_a_clerk_reads_the_letters_and_the_outbox_and_links_a_mail_in_a_browser(deployment):

@@ -67,6 +67,7 @@ def build() -> FastAPI:
         status: str = Query("", pattern=f"^({'|'.join(LETTER_STATUSES)})?$"),
         level: str = Query("", pattern="^[1-9]?$"),
         format: str = Query("html", pattern="^(html|json)$"),
+        answered: str = Query("", pattern="^(approved|rejected)?$"),
     ):
         level_no = int(level) if level else None
         found = screens.run_letters(dag_id, run_id, status=status or None, level=level_no)
@@ -75,7 +76,12 @@ def build() -> FastAPI:
                 raise HTTPException(404, f"no letters for {dag_id} run {run_id!r}")
             return JSONResponse(_as_json(found))
         page = _pages.get_template("letters.html").render(
-            dag_id=dag_id, run_key=run_id, run=found, status=status, level=level_no
+            dag_id=dag_id,
+            run_key=run_id,
+            run=found,
+            status=status,
+            level=level_no,
+            answered=answered,
         )
         return HTMLResponse(page, status_code=200 if found is not None else 404)
 
@@ -149,7 +155,8 @@ def build() -> FastAPI:
             message = "exclude: no letter in this run for partner " + ", ".join(unknown)
             return RedirectResponse(f"proposal?{urlencode({'error': message})}", 303)
         _respond(dag_id, run_id, user, decision, numbers)
-        return RedirectResponse("letters", 303)
+        # the run writes the decision when its task resumes, moments later
+        return RedirectResponse(f"letters?answered={decision.lower()}d", 303)
 
     @app.get("/runs/{dag_id}/{run_id}/print-batch.pdf", dependencies=[_read_run])
     def print_batch(dag_id: str, run_id: str):
