@@ -3,7 +3,8 @@ and any kind added to ``erpmail.documents.runs.KINDS``), and ``document_tasks``,
 them into a DAG:
 
 ``start`` -> ``generate`` -> ``plan`` -> ``batch`` (a task group mapped per batch: ``render``
-then ``route``) -> ``print_batch`` -> ``summary``.
+then ``route``) -> ``print_batch`` -> ``summary``; with approval, ``approve`` (after every
+render, before every route) waits for a clerk unless ``approval_gate`` skips it.
 
 Each batch routes (and the dispatcher can send its mail) as soon as it is rendered, without
 waiting for the other batches. The kind is a name, looked up inside ``execute``, so parsing a
