@@ -33,6 +33,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Param
 
+from erpmail.operators.notifier import OutboxNotifier
 from erpmail.operators.retention import CheckPurgeRequestOperator, PurgeArchiveOperator
 
 with DAG(
@@ -43,7 +44,12 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["erpmail", "archive", "retention"],
-    default_args={"owner": "erpmail", "retries": 1, "retry_delay": timedelta(minutes=10)},
+    default_args={
+        "owner": "erpmail",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=10),
+        "on_failure_callback": OutboxNotifier(),  # to the owner's address, via the outbox
+    },
     render_template_as_native_obj=True,  # the params reach the operators as flags and numbers
     params={
         "dry_run": Param(

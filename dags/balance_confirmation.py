@@ -48,6 +48,7 @@ from erpmail.operators.document_run import (
     partner_range_params,
     run_option_params,
 )
+from erpmail.operators.notifier import OutboxNotifier
 
 AMOUNT = "^[0-9]{1,13}([.][0-9]{1,2})?$"
 SIDES = {
@@ -64,7 +65,12 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["erpmail", "statements", "documents"],
-    default_args={"owner": "erpmail", "retries": 1, "retry_delay": timedelta(minutes=2)},
+    default_args={
+        "owner": "erpmail",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=2),
+        "on_failure_callback": OutboxNotifier(),  # to the owner's address, via the outbox
+    },
     params={
         "key_date": Param(
             None,

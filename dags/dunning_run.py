@@ -63,6 +63,7 @@ from erpmail.operators.document_run import (
     partner_range_params,
     run_option_params,
 )
+from erpmail.operators.notifier import OutboxNotifier
 
 LEVEL_NAMES = {"1": "1 - Zahlungserinnerung", "2": "2 - 1. Mahnung", "3": "3 - Letzte Mahnung"}
 
@@ -74,7 +75,12 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["erpmail", "dunning", "documents"],
-    default_args={"owner": "erpmail", "retries": 1, "retry_delay": timedelta(minutes=2)},
+    default_args={
+        "owner": "erpmail",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=2),
+        "on_failure_callback": OutboxNotifier(),  # to the owner's address, via the outbox
+    },
     params={
         "key_date": Param(
             None,

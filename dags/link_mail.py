@@ -19,6 +19,7 @@ import pendulum
 from airflow.sdk import DAG, Param
 
 from erpmail.operators.mailbox import LinkMailOperator
+from erpmail.operators.notifier import OutboxNotifier
 
 with DAG(
     dag_id="link_mail",
@@ -27,7 +28,11 @@ with DAG(
     catchup=False,
     doc_md=__doc__,
     tags=["erpmail", "mail", "inbound"],
-    default_args={"owner": "erpmail", "retries": 0},
+    default_args={
+        "owner": "erpmail",
+        "retries": 0,
+        "on_failure_callback": OutboxNotifier(),  # to the owner's address, via the outbox
+    },
     params={
         "message": Param(
             type="string",

@@ -33,6 +33,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Param
 
+from erpmail.operators.notifier import OutboxNotifier
 from erpmail.operators.outbox import DispatchOutboxOperator
 
 with DAG(
@@ -44,7 +45,11 @@ with DAG(
     doc_md=__doc__,
     tags=["erpmail", "mail", "outbound"],
     # no task retries: the next run, a minute later, is the retry
-    default_args={"owner": "erpmail", "retries": 0},
+    default_args={
+        "owner": "erpmail",
+        "retries": 0,
+        "on_failure_callback": OutboxNotifier(),  # to the owner's address, via the outbox
+    },
     # the params reach the operator as they are: None stays None, a number a number
     render_template_as_native_obj=True,
     params={

@@ -35,6 +35,7 @@ from erpmail.operators.document_run import (
     document_tasks,
     run_option_params,
 )
+from erpmail.operators.notifier import OutboxNotifier
 
 with DAG(
     dag_id="payment_advice",
@@ -44,7 +45,12 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["erpmail", "statements", "documents"],
-    default_args={"owner": "erpmail", "retries": 1, "retry_delay": timedelta(minutes=2)},
+    default_args={
+        "owner": "erpmail",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=2),
+        "on_failure_callback": OutboxNotifier(),  # to the owner's address, via the outbox
+    },
     params={
         "payment_run": Param(
             type="string",

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "plugins" / "erpmail"
-FLOWS = ("documents", "outbound", "inbound", "retention")
+FLOWS = ("documents", "outbound", "inbound", "retention", "events")
 # what each part may import of erpmail (besides itself)
 ALLOWED = {
     "__init__": set(),
@@ -19,6 +19,7 @@ ALLOWED = {
     "outbound": {"core", "inbound"},  # the IMAP hook, for the Sent folder
     "inbound": {"core", "documents", "outbound"},
     "retention": {"core"},
+    "events": {"core", "documents", "outbound"},  # templates and MIME; accounts and outbox
     "operators": {"core", *FLOWS},
     "ui": {"core", *FLOWS, "operators"},
     # the command line, the demo data and the demo sit on top of everything

@@ -1,13 +1,14 @@
-"""The autoresponder and the unlinked-mail alert through the import, against Dovecot and the
+"""The autoresponder and the unlinked-mail events through the import, against Dovecot and the
 outbox table."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 
 import pytest
 
+from erpmail.events import mailing
 from erpmail.inbound import autoreply
 from erpmail.inbound.importer import import_location
 from tests import mailcorpus
@@ -117,24 +118,33 @@ def test_fill_leaves_other_braces_alone():
     )
 
 
-def test_unlinked_mail_raises_one_alert_per_run(seeded_db, mailbox, store):
+def test_unlinked_mail_becomes_events_sent_as_one_digest(seeded_db, mailbox, store):
     mailcorpus.add_account(seeded_db)
     location = mailcorpus.add_location(
         seeded_db, "inbox", "imap_test", notify_address="ops@erp.example.com"
     )
     append_to([mailcorpus.simple(n) for n in range(3)])
 
-    summary = import_location(location, run_key="run-1")
+    summary = import_location(location)
 
-    assert summary.unlinked == 3 and summary.alert_outbox_id
+    assert summary.unlinked == 3
+    events = rows(seeded_db, "SELECT type, payload FROM erp.events ORDER BY id")
+    ids = [i for (i,) in rows(seeded_db, "SELECT id FROM mail.messages ORDER BY id")]
+    assert [(t, p["mail_id"], p["notify_address"]) for t, p in events] == [
+        ("mail_unlinked", i, "ops@erp.example.com") for i in ids
+    ]
+    assert rows(seeded_db, "SELECT count(*) FROM mail.outbox") == [(0,)]  # nothing of its own
+    # the hourly digest of the migration's rule, once due: one mail listing the three
+    assert mailing.process() == {"digest": 3, "events": 3, "digests": 0}
+    later = datetime.now(UTC) + timedelta(hours=1, minutes=1)
+    assert mailing.process(now=later) == {"events": 0, "digests": 1}
     ((recipients, subject, mime),) = rows(
-        seeded_db, "SELECT recipients, subject, mime FROM mail.outbox WHERE source_type = 'alert'"
+        seeded_db, "SELECT recipients, subject, mime FROM mail.outbox"
     )
     assert recipients == ["ops@erp.example.com"]
-    assert subject == "3 nicht zugeordnete E-Mails in inbox"  # notification/de
+    assert subject == "3 nicht zugeordnete E-Mails in inbox"  # events/mail_unlinked/de
     alert = message_from_bytes(bytes(mime), policy=policy.default)
     text = alert.get_body(("plain",)).get_content()
     html = alert.get_body(("html",)).get_content()
-    ids = [i for (i,) in rows(seeded_db, "SELECT id FROM mail.messages ORDER BY id")]
     assert all(f"#{i}  " in text and f"<td>{i}</td>" in html for i in ids)
     assert all(f"person{n}@example.org" in text + html for n in range(3))

@@ -1,10 +1,11 @@
-"""The mail the import sends by itself: the autoreply to a sender and the unlinked-mail alert.
+"""The mail the import sends by itself: the autoreply to a sender. (Unlinked and failed mail
+become ``mail_unlinked`` events, sent as a digest by ``event_mail``.)
 
 The autoresponder answers a sender at most once per location and day
 (``mail.autoreply_log``), never automated mail, and goes out through the outbox in the
-import's own transaction, so a rolled-back import sends nothing. Both the autoreply and the
-alert are rendered from ``include/templates`` (``autoreply/``, ``notification/``) in the
-location's language and sent as text and HTML, from the location's account or the default.
+import's own transaction, so a rolled-back import sends nothing. It is rendered from
+``include/templates/autoreply/`` in the location's language and sent as text and HTML, from
+the location's account or the default.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import date
 
-from erpmail.core import clock
 from erpmail.documents import mime, templates
-from erpmail.inbound.locations import Location
 from erpmail.inbound.tickets import Ticket
 from erpmail.outbound import accounts, outbox
 
@@ -30,10 +29,6 @@ ON CONFLICT DO NOTHING
 RETURNING sender"""
 SET_AUTOREPLY_OUTBOX = """
 UPDATE mail.autoreply_log SET outbox_id = %s WHERE location_id = %s AND sender = %s AND day = %s"""
-# The alert shows when each mail arrived, on the company's clock.
-UNLINKED_MAILS = """
-SELECT id, archived_at AT TIME ZONE %s, coalesce(from_address, '?'), subject, failure
-FROM mail.messages WHERE id = ANY(%s) AND status IN ('unlinked', 'failed') ORDER BY id"""
 
 
 def no_reply_reason(
@@ -183,68 +178,3 @@ def autoreply(
 
 def _images(rendered: templates.Rendered) -> tuple[templates.InlineImage, ...]:
     return rendered.signature.images if rendered.signature and rendered.html else ()
-
-
-def notify_unlinked(
-    cur,
-    *,
-    location_id: int,
-    location_name: str,
-    notify_address: str,
-    account_id: int | None,
-    mails: Sequence[Mapping[str, object]],
-    run_key: str,
-    language: str | None = None,
-) -> int | None:
-    """Queue one alert listing unlinked mails, rendered from the ``notification`` templates;
-    the outbox id. Each mail maps ``id``, ``received_at``, ``sender``, ``subject``, ``location``.
-    """
-    if not mails:
-        return None
-    account = _sender(cur, account_id)
-    if account is None:
-        log.warning("location %s: no account to send the unlinked-mail alert from", location_name)
-        return None
-    rendered = templates.default().render_document(
-        "notification", {"mails": list(mails), "location": location_name}, language=language
-    )
-    key = f"alert:unlinked:{location_id}:{run_key}"
-    msg = mime.build_message(
-        sender=_from(account),
-        to=[notify_address],
-        subject=rendered.subject,
-        text=rendered.text,
-        html=rendered.html,
-        message_id=mime.make_message_id(key, _domain(account)),
-        auto_submitted="auto-generated",
-        context=f"unlinked-mail alert for location {location_name}",
-    )
-    return outbox.enqueue(
-        cur,
-        key=key,
-        account_id=account.id,
-        recipients=[notify_address],
-        mime=msg.as_bytes(),
-        source_type="alert",
-        source_id=location_id,
-    )
-
-
-def alert_unlinked(cur, location: Location, mail_ids: Sequence[int], run_key: str) -> int | None:
-    """Queue the alert listing which of ``mail_ids`` are unlinked or failed to the location's
-    notification address; the outbox id, or None when there is nothing to send."""
-    cur.execute(UNLINKED_MAILS, (clock.DEFAULT_TIMEZONE, list(mail_ids)))
-    cols = ("id", "received_at", "sender", "subject", "failure")
-    mails = [
-        {**dict(zip(cols, row, strict=True)), "location": location.name} for row in cur.fetchall()
-    ]
-    return notify_unlinked(
-        cur,
-        location_id=location.id,
-        location_name=location.name,
-        notify_address=location.notify_address,
-        account_id=location.autoreply_account_id,
-        language=location.language,
-        mails=mails,
-        run_key=run_key,
-    )

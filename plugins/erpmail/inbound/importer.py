@@ -28,7 +28,7 @@ import psycopg2.extensions
 
 from erpmail.core import archive, clock, db, locks
 from erpmail.core.progress import Progress
-from erpmail.inbound import autoreply, fetch, filing, pending, store
+from erpmail.inbound import fetch, filing, pending, store
 from erpmail.inbound.fetch import Candidate
 from erpmail.inbound.filing import import_message
 from erpmail.inbound.imap import ImapHook
@@ -80,7 +80,6 @@ class Summary:
     swept: int = 0  # files of an interrupted run removed
     bytes: int = 0
     seconds: float = 0.0
-    alert_outbox_id: int | None = None
     new_ids: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -126,7 +125,6 @@ def import_location(
     since: datetime | None = None,
     until: datetime | None = None,
     wait: bool = True,
-    run_key: str | None = None,
     fetch_chunk: int = fetch.FETCH_CHUNK,
     day: date | None = None,
     fault: Callable[[str], None] | None = None,
@@ -154,7 +152,7 @@ def import_location(
             day = day or clock.today()
             summary.retried = filing.retry_failed(conn, location, day, journal=journal)
             _run(conn, location, summary, since, until, fetch_chunk, day, journal, fault)
-            _finish(conn, location, summary, run_key)
+            _finish(conn, location, summary)
         finally:
             journal.close()
             with db.transaction(conn) as cur:
@@ -365,9 +363,6 @@ def _count(summary: Summary, stored: Stored, size: int) -> None:
         summary.malformed += 1
 
 
-def _finish(conn, location: Location, summary: Summary, run_key: str | None) -> None:
+def _finish(conn, location: Location, summary: Summary) -> None:
     with db.transaction(conn) as cur:
-        if (summary.unlinked or summary.failed) and location.notify_address:
-            key = run_key or f"{min(summary.new_ids)}-{max(summary.new_ids)}"
-            summary.alert_outbox_id = autoreply.alert_unlinked(cur, location, summary.new_ids, key)
         cur.execute(AUDIT, (location.name, json.dumps(summary.as_dict(), default=str)))

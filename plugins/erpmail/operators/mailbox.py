@@ -71,8 +71,8 @@ class ImportMailboxOperator(BaseOperator):
     (flagged as seen, moved or deleted, as the location says); a crash in between only means
     the next run recognises the same mails. A per-location lock keeps two imports of the same
     location apart (the second waits). Mail over the location's size limit stays on the
-    server and is recorded. Unlinked mail is listed in an alert to the location's
-    notification address. Returns the counts (new, linked, unlinked, malformed, duplicates,
+    server and is recorded. Unlinked and failed mail become ``mail_unlinked`` events (the
+    ``event_mail`` DAG sends their digest to the location's notification address). Returns the counts (new, linked, unlinked, malformed, duplicates,
     oversize, failed, ...) for XCom; for every location, a list of them under ``locations``.
 
     :param location: the location id (``mail.import_locations.id``); None: every enabled
@@ -81,8 +81,6 @@ class ImportMailboxOperator(BaseOperator):
         ``"{{ data_interval_start }}"``; None: new mail above the watermark (templated)
     :param until: end of the interval to scan, exclusive; given together with ``since``
         (templated)
-    :param run_key: the key of this run's unlinked-mail alert, one alert per key; None: the
-        DAG run's id
     """
 
     template_fields: Sequence[str] = ("location", "since", "until")
@@ -94,11 +92,10 @@ class ImportMailboxOperator(BaseOperator):
         location: Any = None,
         since: Any = None,
         until: Any = None,
-        run_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.location, self.since, self.until, self.run_key = location, since, until, run_key
+        self.location, self.since, self.until = location, since, until
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
@@ -109,7 +106,6 @@ class ImportMailboxOperator(BaseOperator):
         since, until = _time("since", self.since), _time("until", self.until)
         if (since is None) != (until is None):
             raise AirflowFailException("since and until go together (scan_from and scan_to)")
-        run_key = self.run_key or context["dag_run"].run_id
         location = _given(self.location)
         if location is not None:
             ids = [int(location)]
@@ -118,9 +114,7 @@ class ImportMailboxOperator(BaseOperator):
                 ids = locations.enabled_location_ids(cur)
         counts = []
         for location_id in ids:
-            summary = importer.import_location(
-                location_id, since=since, until=until, run_key=run_key
-            )
+            summary = importer.import_location(location_id, since=since, until=until)
             out = summary.as_dict()
             out.pop("new_ids")  # bulk data stays out of XCom
             counts.append(out)

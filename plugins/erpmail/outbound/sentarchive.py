@@ -5,7 +5,8 @@ letter's partner and open items. Retention keeps and purges it like received mai
 The file goes first and its key is the content's hash, so a run that dies between file and
 row leaves a file the next run writes again under the same key and then records. The outbox
 row says the copy was made (``sent_archived_at``): a copy that retention purged is not made
-again. A letter whose dunning level keeps no archived copy gets none here either.
+again. A letter whose dunning level keeps no archived copy gets none here either, nor does a
+mail holding a secret (``mail.outbox.secret``: a password-reset link).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ IDLE_SECONDS = 0.2  # the archiver's pause when no sent mail waits for its copy
 # Sent messages without their archived copy; row locks keep two dispatchers apart.
 UNARCHIVED = """
 SELECT o.id, o.account_id, o.message_id, o.sent_at, l.id, l.partner_id,
-       coalesce(l.keep_pdf, true)
+       coalesce(l.keep_pdf, true) AND NOT o.secret
   FROM mail.outbox o
   LEFT JOIN erp.letters l ON o.source_type = 'letter' AND l.id = o.source_id
  WHERE o.status = 'sent' AND o.sent_archived_at IS NULL
@@ -62,7 +63,7 @@ def archive_sent(conn, *, limit: int = BATCH) -> int:
     with db.transaction(conn) as cur:
         cur.execute(UNARCHIVED, (limit,))
         rows = cur.fetchall()
-        kept = [row for row in rows if row[6]]  # a level may keep no copy of what it sent
+        kept = [row for row in rows if row[6]]  # no copy of a level's that keeps none, or a secret
         mime = bytes_by_id(cur, SENT_MIME, ([row[0] for row in kept],)) if kept else {}
         letters = letter_open_items(cur, [row[4] for row in kept if row[4] is not None])
         values, keys, linked = [], [], {}
