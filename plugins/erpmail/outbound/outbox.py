@@ -178,7 +178,7 @@ def _header_fields(mime: bytes, key: str) -> tuple[str, str]:
         raise ValueError(f"outbox key {key!r}: Message-ID header missing or malformed")
     if headers.get("Bcc") is not None:
         raise ValueError(f"outbox key {key!r}: Bcc header present; Bcc belongs in recipients")
-    return message_id, str(headers.get("Subject") or "")
+    return message_id, str(headers.get("Subject") or "").strip()  # a fold may lead
 
 
 def _unique_recipients(recipients: list[str], key: str) -> list[str]:
