@@ -8,6 +8,7 @@ import pytest
 
 from erpmail.inbound.imap import ImapHook
 from tests import mailcorpus
+from tests.dags import dagtest
 from tests.mailcorpus import simple
 
 
@@ -36,7 +37,7 @@ def count(conn, sql: str = "SELECT count(*) FROM mail.messages", *args) -> int:
 
 
 def test_schedule_limits_and_form(bag):
-    dag = bag.get_dag("mailbox_import")
+    dag = dagtest.dag("mailbox_import")
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.timetable.summary == "*/15 * * * *"
     assert dag.timetable.__class__.__name__ == "CronDataIntervalTimetable"
@@ -54,7 +55,7 @@ def test_one_mapped_task_per_enabled_location(bag, db, dovecot, monkeypatch, sto
             for m in range(n + 2):
                 client.append("INBOX", simple(10 * n + m))
 
-    dr = bag.get_dag("mailbox_import").test()
+    dr = dagtest.dag("mailbox_import").test()
 
     assert dr.state == "success"
     mapped = [ti for ti in dr.get_task_instances() if ti.task_id == "import_mail"]
@@ -71,7 +72,7 @@ def test_rescan_interval_imports_only_the_missing(bag, db, imap_user, monkeypatc
         for n in range(4):
             client.append("INBOX", simple(n), msg_time=day + timedelta(hours=n))
         client.append("INBOX", simple(9), msg_time=day - timedelta(days=3))
-    dag = bag.get_dag("mailbox_import")
+    dag = dagtest.dag("mailbox_import")
     assert dag.test(run_conf={"location": location}).state == "success"
     with db.cursor() as cur:  # lose two stored mails, as if the database were restored
         cur.execute("DELETE FROM mail.messages WHERE subject IN ('Mail 1', 'Mail 9')")
@@ -94,7 +95,7 @@ def test_bad_location_param_is_refused(bag):
     from airflow.sdk.exceptions import ParamValidationError
 
     with pytest.raises(ParamValidationError):
-        bag.get_dag("mailbox_import").test(run_conf={"location": "inbox"})
+        dagtest.dag("mailbox_import").test(run_conf={"location": "inbox"})
 
 
 def test_link_mail_links_by_hand(bag, seeded_db):
@@ -107,7 +108,7 @@ def test_link_mail_links_by_hand(bag, seeded_db):
         )
         mail_id = cur.fetchone()[0]
     seeded_db.commit()
-    dag = bag.get_dag("link_mail")
+    dag = dagtest.dag("link_mail")
 
     dr = dag.test(run_conf={"message": "<hand@x>", "entity_type": "project", "number": "12,2,1"})
 
@@ -139,4 +140,4 @@ def test_link_mail_refuses_bad_params_at_trigger_time(bag, conf, field):
     from airflow.sdk.exceptions import ParamValidationError
 
     with pytest.raises(ParamValidationError, match=field):
-        bag.get_dag("link_mail").test(run_conf=conf)
+        dagtest.dag("link_mail").test(run_conf=conf)

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from email import policy
 from pathlib import Path
 from unittest import mock
 from urllib.parse import quote
@@ -513,6 +514,67 @@ def test_a_bounce_fails_its_letter_and_the_next_dunning_run_prints_for_that_part
         again,
         partner_id,
     ) == [("paper", "blocked")]
+
+
+def test_events_become_mail_through_the_workers_the_bounce_among_them(deployment):
+    # the bounce of the test before is an event already; a rule for it, and an ERP event
+    ((partner_id,),) = deployment.rows("SELECT id FROM erp.partners ORDER BY id LIMIT 1")
+    deployment.rows(
+        "INSERT INTO erp.users VALUES ('anna', 'Anna', 'anna@erp.example.com', 'en')"
+        " RETURNING login"
+    )
+    deployment.rows("UPDATE erp.partners SET clerk = 'anna' WHERE id = %s RETURNING id", partner_id)
+    deployment.rows(
+        "INSERT INTO mail.event_rules (event_type, recipient_kind, recipient, template) VALUES"
+        " ('case_assigned', 'clerk', NULL, 'case_assigned'),"
+        " ('mail_bounced', 'address', 'ops@erp.example.com', 'mail_bounced') RETURNING id"
+    )
+    case = {
+        "case": "C-77",
+        "subject": "Lieferung",
+        "due_date": "2026-12-09",
+        "link": "https://erp.example.com/c/77",
+    }
+    ((case_event,),) = deployment.rows(
+        "INSERT INTO erp.events (type, company, partner_id, payload)"
+        " VALUES ('case_assigned', 'DEMO', %s, %s::jsonb) RETURNING id",
+        partner_id,
+        json.dumps(case),
+    )
+    before = len(deployment.smtp.messages)
+    deployment.set_paused("event_mail", False)
+    deployment.set_paused("outbox_dispatch", False)
+    try:
+        deployment.wait(
+            "the case and the bounce mailed",
+            lambda: (
+                {
+                    m.rcpt_tos[0]: email.message_from_bytes(m.data, policy=policy.default)[
+                        "Subject"
+                    ]
+                    for m in deployment.smtp.messages[before:]
+                }
+                if len(deployment.smtp.messages) >= before + 2
+                else None
+            ),
+            timeout=240,
+            every=5,
+        )
+    finally:
+        deployment.set_paused("event_mail", True)
+        deployment.set_paused("outbox_dispatch", True)
+    mailed = {
+        m.rcpt_tos[0]: email.message_from_bytes(m.data, policy=policy.default)
+        for m in deployment.smtp.messages[before:]
+    }
+    assert mailed["anna@erp.example.com"]["Subject"] == "Case C-77 assigned: Lieferung"
+    assert "5.1.1" in mailed["ops@erp.example.com"].get_body(("plain",)).get_content()
+    outcomes = dict(deployment.rows("SELECT type, outcome FROM erp.events WHERE type IN"
+                                    " ('case_assigned', 'mail_bounced')"))  # fmt: skip
+    assert outcomes == {"case_assigned": "queued", "mail_bounced": "queued"}
+    assert deployment.rows("SELECT outcome FROM erp.events WHERE id = %s", case_event) == [
+        ("queued",)
+    ]
 
 
 def test_the_clerks_screens_need_airflows_login_and_show_the_letters(deployment):

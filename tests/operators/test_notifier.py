@@ -159,7 +159,9 @@ def test_every_dag_alerts_its_owner_and_a_late_import_too(airflow_db, db):
             callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
             assert any(isinstance(c, OutboxNotifier) for c in callbacks), (dag_id, task.task_id)
 
-    (deadline,) = dagtest.dag("mailbox_import").deadline
+    from airflow.dag_processing.dagbag import DagBag
+
+    (deadline,) = DagBag().get_dag("mailbox_import").deadline
     assert deadline.reference == DeadlineReference.DAGRUN_QUEUED_AT
     assert deadline.interval == timedelta(minutes=30)
     assert deadline.callback.path == "erpmail.operators.notifier.OutboxNotifier"
