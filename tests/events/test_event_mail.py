@@ -188,3 +188,30 @@ def test_a_support_request_goes_to_support_with_its_attachments(events_db):
     (attachment,) = list(msg.iter_attachments())
     assert attachment.get_filename() == "foto.jpg"
     assert attachment.get_content() == b"\xff\xd8jpeg"
+
+
+def test_a_reply_and_a_bounce_reach_the_partners_accounting_contact_in_its_language(events_db):
+    conn, server, partners = events_db
+    with db.transaction(conn) as cur:
+        cur.execute(
+            "INSERT INTO erp.contacts (partner_id, name, email, role, language)"
+            " VALUES (%s, 'Jan', 'jan@p000002.example.com', 'accounting', 'nl')",
+            (partners["en"],),
+        )
+    for event_type in ("balance_reply_received", "mail_bounced"):
+        _rule(conn, event_type, "contact", "accounting", event_type)
+    _event(conn, "balance_reply_received", {"letter_id": 5, "run_id": 2, "partner": "000002",
+        "partner_name": "Van der Berg", "mail_id": 31, "from": "boekhouding@p2.example",
+        "subject": "Re: Saldobevestiging", "key_date": "2026-12-31"}, partners["en"])  # fmt: skip
+    _event(conn, "mail_bounced", {"partner": "000001", "partner_name": "Schäfer",
+        "recipients": ["old@p000001.example.com"], "subject": "Mahnung",
+        "reply": "bounced: 5.1.1 user unknown"}, partners["de"])  # fmt: skip
+
+    assert mailing.process()["queued"] == 2
+    received = {m["To"]: m for m in _dispatch(server, 2)}
+    reply = received["jan@p000002.example.com"]  # the contact, in the contact's language
+    assert reply["Subject"] == "Antwoord op de saldobevestiging: 000002 Van der Berg"
+    assert "e-mail #31 is gekoppeld aan brief 5" in _text(reply)
+    bounce = received["p000001@example.com"]  # no accounting contact: the partner, German
+    assert bounce["Subject"] == "Unzustellbar: 000001 Schäfer"
+    assert "bounced: 5.1.1 user unknown" in _text(bounce)
