@@ -189,30 +189,25 @@ def test_autoreply_placeholders_per_language():
         assert rendered.letter_html is None
 
 
-def test_unlinked_mail_notification_lists_every_mail():
-    mails = [
-        {
-            "received_at": datetime(2024, 3, 1, 9, 15),
-            "sender": "a@example.com",
-            "subject": "Rechnung März",
-            "location": "INBOX",
-        },
-        {
-            "received_at": datetime(2024, 3, 1, 10, 0),
-            "sender": "b@example.com",
-            "subject": "<b>Hallo</b>",
-            "location": "support",
-        },
+def test_the_unlinked_mail_digest_lists_every_mail_in_its_language():
+    def event(n, sender, subject, location):
+        payload = {"mail_id": n, "received_at": datetime(2024, 3, 1, 9, n), "from": sender,
+                   "subject": subject, "location": location, "failure": None}  # fmt: skip
+        return {"payload": payload}
+
+    events = [
+        event(1, "a@example.com", "Rechnung März", "INBOX"),
+        event(2, "b@example.com", "<b>Hallo</b>", "support"),
     ]
-    de = Templates().render_document("notification", {"mails": mails}, language="de")
-    assert de.subject.startswith("2 nicht zugeordnete E-Mails")
-    assert "Rechnung März" in de.text and "b@example.com" in de.text
+    de = Templates().render_document("events/mail_unlinked", {"events": events}, language="de")
+    assert de.subject == "2 nicht zugeordnete E-Mails"
+    assert "Rechnung März" in de.text and "b@example.com" in de.text and "#2  " in de.text
     assert "&lt;b&gt;Hallo&lt;/b&gt;" in de.html
-    nl = Templates().render_document(
-        "notification", {"mails": mails[:1], "location": "INBOX"}, language="nl"
-    )
-    assert (nl.language, nl.fallback_from) == ("de", "nl")
-    assert nl.subject == "1 nicht zugeordnete E-Mail in INBOX"
+    nl = Templates().render_document("events/mail_unlinked", {"events": events[:1]}, language="nl")
+    assert (nl.language, nl.fallback_from) == ("nl", None)
+    assert nl.subject == "1 niet gekoppelde e-mail in INBOX"
+    fr = Templates().render_document("events/mail_unlinked", {"events": events[:1]}, language="fr")
+    assert (fr.language, fr.fallback_from) == ("de", "fr")
 
 
 def test_signature_by_sender_then_project_then_central():

@@ -50,9 +50,12 @@ def test_a_mail_that_fails_is_kept_raw_marked_failed_and_retried_from_the_archiv
     # the server moved on past it: all three flagged, the watermark at the top
     assert all(b"\\Seen" in flags for _, flags in server_state().values())
     assert rows(db, "SELECT last_uid FROM mail.import_watermarks") == [(max(uids),)]
-    # the alert lists it with its reason
-    ((alert,),) = rows(db, "SELECT mime FROM mail.outbox WHERE source_type = 'alert'")
-    assert b"parser bug on purpose" in bytes(alert) and f"#{failed_id}".encode() in bytes(alert)
+    # an event for the unlinked-mail digest, with its reason
+    ((payload,),) = rows(
+        db, "SELECT payload FROM erp.events WHERE dedup_key = %s", f"mail_unlinked:{failed_id}"
+    )
+    assert payload["failure"] == "RuntimeError: parser bug on purpose"
+    assert payload["notify_address"] == "ops@example.com"
 
     second = import_location(location)  # still failing: retried from the archive only
 
