@@ -22,6 +22,7 @@ import psycopg2.extensions
 from email_validator import EmailNotValidError, validate_email
 
 from erpmail import seed
+from erpmail.campaigns import commands as campaign_commands
 from erpmail.core import db
 from erpmail.inbound import linking
 from erpmail.outbound import accounts
@@ -372,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.set_defaults(func=_demo)
     _account_parser(sub)
     _location_parser(sub)
+    campaign_commands.add_parser(sub)
     mail_cmd = sub.add_parser("mail", help="received mail whose import failed")
     mail_sub = mail_cmd.add_subparsers(dest="mail_command", required=True)
     mail_sub.add_parser(

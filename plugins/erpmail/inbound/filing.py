@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from datetime import date, datetime
 
+from erpmail.campaigns import unsubscribe
 from erpmail.core import archive, clock, db, locks
 from erpmail.inbound import autoreply, bounces, linking, parse, pending, store, tickets
 from erpmail.inbound.locations import Location
@@ -108,6 +109,7 @@ def file_one(
     stored = _file(cur, location, parsed, key, sha, size, uid, uidvalidity, day, attempt, retry_of)
     if stored.new:
         bounces.file_received(cur, [(stored.message_row_id, raw, parsed.from_address)])
+        unsubscribe.by_mail(cur, parsed.to_addresses + parsed.cc_addresses)
     else:
         store.forget(cur, attempt.keys)
     return stored

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from psycopg2.extras import execute_values
 
+from erpmail.campaigns import unsubscribe
 from erpmail.core import archive, db, locks
 from erpmail.inbound import bounces, headers, linking, parse, pending
 from erpmail.inbound.locations import Location
@@ -445,6 +446,10 @@ def store_chunk(
             if by_key.get(key) is not None
         ],
     )
+    for key in (key for key in files if by_key.get(key) is not None):  # mailto: unsubscribes
+        unsubscribe.by_mail(
+            cur, files[key][0].parsed.to_addresses + files[key][0].parsed.cc_addresses
+        )
     # the losers of a race on the unique index: their files go unless the winner's are theirs
     forget(
         cur,

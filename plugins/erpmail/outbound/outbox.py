@@ -23,7 +23,7 @@ from erpmail.outbound.smtp import Delivery
 
 log = logging.getLogger(__name__)
 
-SOURCE_TYPES = ("letter", "notification", "autoreply", "alert", "manual")
+SOURCE_TYPES = ("letter", "notification", "autoreply", "alert", "manual", "campaign")
 
 INSERT_MESSAGE = """
 INSERT INTO mail.outbox (key, message_id, account_id, source_type, source_id, envelope_from,

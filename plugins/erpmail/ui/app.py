@@ -165,6 +165,29 @@ def build() -> FastAPI:
             raise HTTPException(404, "this run has no print batch")
         return _download(run[1], f"print-batch-{run[0]}.pdf")
 
+    # one-click unsubscribe (RFC 8058): no login, the signed token is the authority
+    @app.get("/unsubscribe/{token}")
+    def unsubscribe_page(token: str):
+        found = _recipient(token)
+        page = _pages.get_template("unsubscribe.html").render(address=found, done=False)
+        return HTMLResponse(page, status_code=200 if found else 404)
+
+    @app.post("/unsubscribe/{token}")
+    def unsubscribe_now(token: str):
+        from erpmail.campaigns import unsubscribe
+        from erpmail.core import db
+
+        try:
+            recipient = unsubscribe.recipient_of(token)
+        except unsubscribe.BadToken:
+            raise HTTPException(404, "no such unsubscribe link") from None
+        with db.transaction() as cur:
+            address = unsubscribe.suppress(cur, recipient, "one_click")
+        if address is None:
+            raise HTTPException(404, "no such unsubscribe link")
+        page = _pages.get_template("unsubscribe.html").render(address=address, done=True)
+        return HTMLResponse(page)
+
     @app.get("/outbox", dependencies=[_read_outbox])
     def outbox(format: str = Query("html", pattern="^(html|json)$")):
         accounts, failed = screens.outbox_accounts(), screens.outbox_failed()
@@ -258,6 +281,21 @@ def _respond(dag_id: str, run_id: str, user, decision: str, excluded: tuple[str,
             session=session,
             map_index=-1,
         )
+
+
+def _recipient(token: str) -> str | None:
+    """The address an unsubscribe token names, or None."""
+    from erpmail.campaigns import unsubscribe
+    from erpmail.core import db
+
+    try:
+        recipient = unsubscribe.recipient_of(token)
+    except unsubscribe.BadToken:
+        return None
+    with db.transaction() as cur:
+        cur.execute(unsubscribe.RECIPIENT, (recipient,))
+        row = cur.fetchone()
+    return row[0] if row else None
 
 
 def _same_origin(request: Request) -> None:
