@@ -151,8 +151,9 @@ def test_every_dag_alerts_its_owner_and_a_late_import_too(airflow_db, db):
 
     from tests.dags import dagtest
 
-    for dag_id in ("archive_retention", "balance_confirmation", "dunning_run", "event_mail",
-                   "link_mail", "mailbox_import", "outbox_dispatch", "payment_advice"):  # fmt: skip
+    for dag_id in ("archive_retention", "balance_confirmation", "campaign_send", "dunning_run",
+                   "event_mail", "link_mail", "mailbox_import", "outbox_dispatch",
+                   "payment_advice", "report_mail"):  # fmt: skip
         dag = dagtest.dag(dag_id)
         for task in dag.tasks:
             callbacks = task.on_failure_callback
