@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from erpmail.core import db
+from erpmail.core import clock, db
 
 REPORTS = db.SQL_DIR / "reports"
 TITLE = re.compile(r"^--\s*title:\s*(.+?)\s*$", re.M)
@@ -19,7 +19,12 @@ COLUMN = re.compile(
     r"^--\s*column:\s*([a-z_][a-z0-9_]*)\s+(text|int|date|timestamp|money|number)\s+(.+?)\s*$",
     re.M,
 )
-COERCE = {"text": str, "int": int, "date": date.fromisoformat}
+COERCE = {
+    "text": str,
+    "int": int,
+    # "today": the day the report runs, on the default business clock
+    "date": lambda v: clock.today() if v == "today" else date.fromisoformat(v),
+}
 
 
 @dataclass(frozen=True)
