@@ -169,6 +169,9 @@ def deployment(tls_ca, dovecot, tmp_path_factory) -> Iterator[Deployment]:
             **{name: json.dumps(spec) for name, spec in connections.items()},
             # the test's own document store instead of the compose volume
             "ERPMAIL_ARCHIVE_URL": f"file://{home / 'archive'}",
+            # campaigns: the unsubscribe links' key and the address they point at
+            "ERPMAIL_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(24),
+            "ERPMAIL_PUBLIC_URL": "https://erp.example.com",
             # a Celery queue of this run's own: no other run's workers take its tasks
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": f"erpmail-e2e-{tag}",
         },
@@ -575,6 +578,57 @@ def test_events_become_mail_through_the_workers_the_bounce_among_them(deployment
     assert deployment.rows("SELECT outcome FROM erp.events WHERE id = %s", case_event) == [
         ("queued",)
     ]
+
+
+def test_a_campaign_goes_out_through_the_workers_and_one_click_unsubscribes(deployment):
+    deployment.rows(
+        "INSERT INTO erp.partners (company, number, name, email, language, customer_group)"
+        " SELECT 'DEMO', 'K' || n, 'Kunde ' || n, 'k' || n || '@campaign.example',"
+        " (ARRAY['de', 'en', 'nl'])[n %% 3 + 1], 'E2E' FROM generate_series(1, 30) n"
+        " RETURNING id"
+    )
+    ((campaign,),) = deployment.rows(
+        "INSERT INTO mail.campaigns (name, company, account, customer_groups, start_at, status)"
+        " VALUES ('e2e', 'DEMO', 'accounting', ARRAY['E2E'], now(), 'scheduled') RETURNING id"
+    )
+    for language, hello in (("de", "Hallo"), ("en", "Hello"), ("nl", "Hoi")):
+        deployment.rows(
+            "INSERT INTO mail.campaign_texts VALUES (%s, %s, %s, NULL, %s) RETURNING language",
+            campaign,
+            language,
+            f"{hello} {{{{ partner.name }}}}",
+            f"{hello} {{{{ partner.name }}}}",
+        )
+    deployment.set_paused("campaign_send", False)
+    run = deployment.trigger("campaign_send", {"campaign": campaign}).json()["dag_run_id"]
+    deployment.finished_run("campaign_send", run)
+    deployment.set_paused("campaign_send", True)
+    before = len(deployment.smtp.messages)
+    deployment.set_paused("outbox_dispatch", False)
+    try:
+        deployment.wait(
+            "the campaign sent",
+            lambda: len(deployment.smtp.messages) >= before + 30,
+            timeout=240,
+            every=5,
+        )
+    finally:
+        deployment.set_paused("outbox_dispatch", True)
+    mails = [
+        email.message_from_bytes(m.data, policy=policy.default)
+        for m in deployment.smtp.messages[before:]
+    ]
+    assert sorted(m["To"] for m in mails) == sorted(f"k{n}@campaign.example" for n in range(1, 31))
+    first = next(m for m in mails if m["To"] == "k1@campaign.example")
+    assert first["Subject"] == "Hello Kunde 1"  # language (1 % 3 + 1): en
+    url = first["List-Unsubscribe"].split("<", 1)[1].split(">", 1)[0]
+    assert url.startswith("https://erp.example.com/erpmail/unsubscribe/")
+    here = url.replace("https://erp.example.com", deployment.stack.site.api_url)
+    reply = httpx.post(here, data={"List-Unsubscribe": "One-Click"}, timeout=30)  # no login
+    assert reply.status_code == 200, reply.text
+    assert deployment.rows(
+        "SELECT source FROM mail.suppressions WHERE address = 'k1@campaign.example'"
+    ) == [("one_click",)]
 
 
 def test_the_clerks_screens_need_airflows_login_and_show_the_letters(deployment):
