@@ -8,12 +8,13 @@ Header values with CR or LF are refused, addresses are checked with email-valida
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
@@ -28,8 +29,27 @@ __all__ = [
     "MessageError",
     "build_message",
     "check_address",
+    "check_message_id",
     "make_message_id",
+    "refuse_newlines",
 ]
+
+
+class ListHeader(UnstructuredHeader):
+    """RFC 2369 list headers (``List-Unsubscribe``): angle-bracketed URLs that receivers read
+    as they stand, so folded only between them, never into encoded words as the policy does
+    with a word longer than a line."""
+
+    def fold(self, *, policy: policy.EmailPolicy) -> str:
+        urls = [u.strip() for u in str(self).replace(">,", ">\0").split("\0")]
+        return f"{self.name}: " + f",{policy.linesep} ".join(urls) + policy.linesep
+
+
+_REGISTRY = HeaderRegistry()
+_REGISTRY.map_to_type("list-unsubscribe", ListHeader)
+SMTP = policy.SMTP.clone(header_factory=_REGISTRY)
+"""The policy of every message built here: SMTP's, with :class:`ListHeader`."""
+SMTPUTF8 = SMTP.clone(utf8=True)
 
 
 class MessageError(ValueError):
@@ -49,7 +69,8 @@ def _where(context: str, field: str) -> str:
     return f"{context} field {field}" if context else f"field {field}"
 
 
-def _refuse_newlines(value: str, context: str, field: str) -> str:
+def refuse_newlines(value: str, context: str, field: str) -> str:
+    """``value`` when it holds no line break (a header injection); a MessageError otherwise."""
     if "\r" in value or "\n" in value:
         raise MessageError(f"{_where(context, field)}: line break in {value!r} refused")
     return value
@@ -57,7 +78,7 @@ def _refuse_newlines(value: str, context: str, field: str) -> str:
 
 def check_address(address: str, *, context: str = "", field: str = "email") -> str:
     """The address normalised (IDNA domain), or ``MessageError`` naming context and field."""
-    _refuse_newlines(address, context, field)
+    refuse_newlines(address, context, field)
     try:
         checked = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
@@ -72,14 +93,28 @@ def _address(value: str | tuple[str, str], context: str, field: str) -> Address:
     if isinstance(value, tuple):
         name, addr = value
     else:
-        _refuse_newlines(value, context, field)
+        refuse_newlines(value, context, field)
         name, addr = parseaddr(value) if "<" in value else ("", value)
         if not addr:
             raise MessageError(f"{_where(context, field)}: invalid address {value!r}")
-    _refuse_newlines(name or "", context, f"{field} display name")
+    refuse_newlines(name or "", context, f"{field} display name")
     name = filenames.without_bidi_controls(name or "")
     local, _, domain = check_address(addr, context=context, field=field).rpartition("@")
     return Address(display_name=name or "", username=local, domain=domain)
+
+
+def check_message_id(value: str, *, context: str = "", field: str = "message_id") -> str:
+    """``value`` when it is one ``<id@domain>``; a MessageError naming the field otherwise."""
+    refuse_newlines(value, context, field)
+    if not (value.startswith("<") and value.endswith(">") and "@" in value):
+        raise MessageError(f"{_where(context, field)}: {value!r} is not <id@domain>")
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_domain(domain: str) -> str:
+    # a run makes thousands of ids for a handful of domains
+    return check_address(f"postmaster@{domain}", field="domain").rpartition("@")[2]
 
 
 def make_message_id(key: str, domain: str) -> str:
@@ -88,8 +123,8 @@ def make_message_id(key: str, domain: str) -> str:
     96 bits of SHA-256 keep ``Message-ID: <...>`` on one line for domains up to 39 characters
     (longer ones fold; a parser reading it back should strip the whitespace).
     """
-    _refuse_newlines(key, "", "key")
-    domain = check_address(f"postmaster@{domain}", field="domain").rpartition("@")[2]
+    refuse_newlines(key, "", "key")
+    domain = _checked_domain(domain)
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
     return f"<{digest}@{domain}>"
 
@@ -110,6 +145,7 @@ def build_message(
     references: Sequence[str] = (),
     date: datetime | None = None,
     inline_images: Sequence[InlineImage] = (),
+    headers: Mapping[str, str] | None = None,
     context: str = "",
 ) -> EmailMessage:
     """A complete message; ``context`` (e.g. ``"partner 000123"``) names the record in errors.
@@ -119,7 +155,7 @@ def build_message(
     """
     if not to:
         raise MessageError(f"{_where(context, 'to')}: no recipient")
-    msg = EmailMessage(policy=policy.SMTP)
+    msg = EmailMessage(policy=SMTP)
     msg["From"] = _address(sender, context, "from")
     msg["To"] = tuple(_address(a, context, "to") for a in to)
     if cc:
@@ -127,24 +163,25 @@ def build_message(
     if reply_to:
         msg["Reply-To"] = _address(reply_to, context, "reply_to")
     # no reordering controls: a partner's name must not turn "exe.pdf" into "pdf.exe"
-    msg["Subject"] = filenames.without_bidi_controls(_refuse_newlines(subject, context, "subject"))
+    msg["Subject"] = filenames.without_bidi_controls(refuse_newlines(subject, context, "subject"))
     moment = date or datetime.now(UTC)
     if moment.tzinfo is None:
         raise MessageError(f"{_where(context, 'date')}: naive datetime {moment!r}")
     msg["Date"] = format_datetime(moment)
-    for field, value in (("message_id", message_id), ("in_reply_to", in_reply_to or "")):
-        _refuse_newlines(value, context, field)
-        if value and not (value.startswith("<") and value.endswith(">") and "@" in value):
-            raise MessageError(f"{_where(context, field)}: {value!r} is not <id@domain>")
+    check_message_id(message_id, context=context)
+    if in_reply_to:
+        check_message_id(in_reply_to, context=context, field="in_reply_to")
     msg["Message-ID"] = message_id
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
     if references:
         for ref in references:
-            _refuse_newlines(ref, context, "references")
+            refuse_newlines(ref, context, "references")
         msg["References"] = " ".join(references)
     if auto_submitted:
-        msg["Auto-Submitted"] = _refuse_newlines(auto_submitted, context, "auto_submitted")
+        msg["Auto-Submitted"] = refuse_newlines(auto_submitted, context, "auto_submitted")
+    for name, value in (headers or {}).items():  # e.g. List-Unsubscribe, Precedence
+        msg[refuse_newlines(name, context, "header")] = refuse_newlines(value, context, name)
     msg["MIME-Version"] = "1.0"
 
     msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
@@ -152,7 +189,7 @@ def build_message(
         msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
         html_part = msg.get_payload()[-1]
         for image in inline_images:
-            _refuse_newlines(image.cid, context, "inline image")
+            refuse_newlines(image.cid, context, "inline image")
             maintype, _, subtype = image.mime_type.partition("/")
             html_part.add_related(
                 image.data,
@@ -165,7 +202,7 @@ def build_message(
     elif inline_images:
         raise MessageError(f"{_where(context, 'inline_images')}: inline images need an HTML body")
     for n, attachment in enumerate(attachments, start=1):
-        _refuse_newlines(attachment.filename, context, "attachment file name")
+        refuse_newlines(attachment.filename, context, "attachment file name")
         maintype, _, subtype = attachment.mime_type.partition("/")
         name = filenames.safe_filename(attachment.filename, f"attachment-{n}.{subtype or 'bin'}")
         msg.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=name)
@@ -177,5 +214,5 @@ def build_message(
         if msg[name] is not None
         for address in msg[name].addresses
     ):
-        msg.policy = policy.SMTPUTF8
+        msg.policy = SMTPUTF8
     return msg
