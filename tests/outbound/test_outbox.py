@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 
 from erpmail.core.db import transaction
-from erpmail.outbound import outbox
+from erpmail.outbound import outbox, verdicts
 from erpmail.outbound.outbox import RetryPolicy
 from erpmail.outbound.smtp import Delivery
 from tests.mailaccounts import add_account
@@ -88,6 +88,47 @@ def test_enqueue_unknown_account_is_refused(db):
         )
 
 
+def test_enqueue_many_queues_in_order_and_skips_known_keys(db):
+    account = add_account(db)
+    with transaction(db) as cur:
+        first = outbox.enqueue(cur, key="m1", account_id=account.id, recipients=["a@x.example"],
+                               mime=make_mime("m1", ["a@x.example"]), source_type="campaign")  # fmt: skip
+    merged = make_mime("m3", ["c@x.example"], subject="Neu für Sie")
+    batch = [
+        outbox.Queued("m2", account.id, ["b@x.example"], make_mime("m2", ["b@x.example"]),
+                      "campaign", 2),
+        outbox.Queued("m1", account.id, ["z@x.example"], b"not even MIME", "campaign", 1),
+        # a mail merge names Message-ID and subject itself: the bytes are not parsed again
+        outbox.Queued("m3", account.id, ["c@x.example", "C@x.example"], merged, "campaign", 3,
+                      "<m3@demo.example>", " Neu für Sie"),
+        outbox.Queued("m2", account.id, ["b@x.example"], b"", "campaign", 2),
+    ]  # fmt: skip
+    with transaction(db) as cur:
+        ids = outbox.enqueue_many(cur, batch)
+    assert ids[1] == first and ids[0] == ids[3] and len(set(ids)) == 3
+    third = outbox_row(db, ids[2])
+    assert (third["message_id"], third["subject"]) == ("<m3@demo.example>", "Neu für Sie")
+    assert bytes(third["mime"]) == merged and third["source_id"] == 3
+    assert list(outbox_recipients(db, ids[2])) == ["c@x.example"]
+    assert outbox_row(db, ids[0])["subject"] == "Zahlungserinnerung"
+    with transaction(db) as cur:
+        cur.execute("SELECT count(*) FROM mail.outbox")
+        assert cur.fetchone()[0] == 3
+
+
+def test_enqueue_many_writes_nothing_when_one_message_is_bad(db):
+    account = add_account(db)
+    good = outbox.Queued("g", account.id, ["a@x.example"], make_mime("g", ["a@x.example"]),
+                         "campaign")  # fmt: skip
+    bad = outbox.Queued("b", account.id, ["no-address"], make_mime("b", ["a@x.example"]),
+                        "campaign")  # fmt: skip
+    with pytest.raises(ValueError, match="'b': recipient"), transaction(db) as cur:
+        outbox.enqueue_many(cur, [good, bad])
+    with transaction(db) as cur:
+        cur.execute("SELECT count(*) FROM mail.outbox")
+        assert cur.fetchone()[0] == 0
+
+
 def test_claim_commits_sending_and_skips_claimed(db, db_url):
     account = add_account(db)
     ids = enqueue_many(db, account, 5)
@@ -144,7 +185,7 @@ def test_record_sent_stores_reply_queue_id_and_recipients(db):
         {"a@x.example": (250, "OK"), "b@x.example": (550, "5.1.1 no such user")},
         "4Xyz12",
     )
-    assert outbox.record(db, message, delivery, account=account, policy=RetryPolicy()) == "sent"
+    assert verdicts.record(db, message, delivery, account=account, policy=RetryPolicy()) == "sent"
     stored = outbox_row(db, oid)
     assert (stored["status"], stored["smtp_code"], stored["queue_id"]) == ("sent", 250, "4Xyz12")
     assert stored["smtp_reply"] == "2.0.0 Ok: queued as 4Xyz12" and stored["sent_at"]
@@ -164,7 +205,7 @@ def test_record_partial_deferral_retries_only_pending_recipients(db):
         "DATA",
         {"a@x.example": (250, "OK"), "b@x.example": (452, "4.2.2 mailbox full")},
     )
-    assert outbox.record(db, message, delivery, account=account, policy=RetryPolicy()) == "queued"
+    assert verdicts.record(db, message, delivery, account=account, policy=RetryPolicy()) == "queued"
     stored = outbox_row(db, oid)
     assert stored["status"] == "queued" and stored["attempts"] == 1
     assert "mailbox full" in stored["last_error"]
@@ -181,7 +222,7 @@ def test_record_deferred_backs_off_then_fails_when_exhausted(db):
     deferral = Delivery("deferred", 451, "4.3.0 try later", "MAIL")
     for attempt in (1, 2):
         message = _claim_one(db, account)
-        assert outbox.record(db, message, deferral, account=account, policy=policy) == "queued"
+        assert verdicts.record(db, message, deferral, account=account, policy=policy) == "queued"
         stored = outbox_row(db, oid)
         assert stored["attempts"] == attempt and stored["smtp_reply"] == "4.3.0 try later"
         with transaction(db) as cur:
@@ -192,7 +233,7 @@ def test_record_deferred_backs_off_then_fails_when_exhausted(db):
             assert cur.fetchone()[0] > policy.delay(attempt) - 5
             cur.execute("UPDATE mail.outbox SET next_attempt_at = now()")
     message = _claim_one(db, account)
-    assert outbox.record(db, message, deferral, account=account, policy=policy) == "failed"
+    assert verdicts.record(db, message, deferral, account=account, policy=policy) == "failed"
     stored = outbox_row(db, oid)
     assert stored["status"] == "failed" and stored["attempts"] == 3
     assert "gave up after 3" in stored["last_error"] and stored["smtp_code"] == 451
@@ -205,7 +246,7 @@ def test_record_failed_keeps_reply(db):
     delivery = Delivery(
         "failed", 554, "5.7.1 rejected as spam", "DATA", {message.recipients[0]: (250, "OK")}
     )
-    assert outbox.record(db, message, delivery, account=account, policy=RetryPolicy()) == "failed"
+    assert verdicts.record(db, message, delivery, account=account, policy=RetryPolicy()) == "failed"
     stored = outbox_row(db, oid)
     assert (stored["status"], stored["smtp_code"], stored["smtp_reply"]) == (
         "failed",
@@ -221,7 +262,7 @@ def test_record_dropped_after_dot_flags_uncertain(db):
     for message, after_dot in zip(
         outbox.claim(db, account, worker="w", limit=2).messages, (False, True), strict=True
     ):
-        outbox.record_dropped(
+        verdicts.record_dropped(
             db, message, "lost", after_dot=after_dot, account=account, policy=RetryPolicy()
         )
     assert (
@@ -240,7 +281,7 @@ def test_reclaim_stuck_flags_only_what_may_have_been_delivered(db):
     account = add_account(db)
     in_data, before_data, fresh = enqueue_many(db, account, 3)
     claimed = {m.id: m for m in outbox.claim(db, account, worker="dead", limit=3).messages}
-    outbox.mark_data_sent(db, claimed[in_data])  # its text and final dot were on their way
+    verdicts.mark_data_sent(db, claimed[in_data])  # its text and final dot were on their way
     with transaction(db) as cur:
         cur.execute(
             "UPDATE mail.outbox SET claimed_at = now() - interval '20 minutes' WHERE id <> %s",
@@ -285,16 +326,16 @@ def test_a_late_verdict_never_overwrites_the_new_owner(db):
     account = add_account(db)
     (oid,) = enqueue_many(db, account, 1)
     (stale,) = outbox.claim(db, account, worker="slow", limit=1).messages
-    outbox.mark_data_sent(db, stale)
+    verdicts.mark_data_sent(db, stale)
     assert outbox.reclaim_stuck(db, timeout_seconds=0) == [oid]
     (fresh,) = outbox.claim(db, account, worker="w2", limit=1).messages
     late = Delivery("failed", 550, "5.0.0 late", "DATA", {stale.recipients[0]: (250, "OK")})
-    outbox.record(db, stale, late, account=account, policy=RetryPolicy())
+    verdicts.record(db, stale, late, account=account, policy=RetryPolicy())
     assert outbox.release(db, [oid], "stale release", worker="slow") == 0
     stored = outbox_row(db, oid)
     assert (stored["status"], stored["claimed_by"]) == ("sending", "w2")
     assert list(outbox_recipients(db, oid).values()) == [("pending", None, None)]
     ok = Delivery("sent", 250, "OK", "DATA", {fresh.recipients[0]: (250, "OK")})
-    assert outbox.record(db, fresh, ok, account=account, policy=RetryPolicy()) == "sent"
+    assert verdicts.record(db, fresh, ok, account=account, policy=RetryPolicy()) == "sent"
     stored = outbox_row(db, oid)
     assert stored["status"] == "sent" and stored["sent_uncertain"]

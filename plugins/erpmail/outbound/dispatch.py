@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from erpmail.core import db
 from erpmail.core.progress import Progress
-from erpmail.outbound import outbox
+from erpmail.outbound import outbox, verdicts
 from erpmail.outbound.accounts import Account, account_by_name, list_accounts, warn_if_fast
 from erpmail.outbound.outbox import OutboxMessage, RetryPolicy
 from erpmail.outbound.sentarchive import Archiver, archive_until
@@ -119,12 +119,12 @@ class _Recorder:
         self.conn = db.connect(url)
         self.conn.autocommit = True  # write_marks then commits in the marks' round trip
         self.gather_seconds = gather_seconds
-        self.queue: queue.Queue[outbox.Marks | str | None] = queue.Queue()
+        self.queue: queue.Queue[verdicts.Marks | str | None] = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
         self.thread.start()
 
-    def submit(self, marks: outbox.Marks) -> None:
+    def submit(self, marks: verdicts.Marks) -> None:
         self._raise()
         self.queue.put(marks)
 
@@ -143,10 +143,10 @@ class _Recorder:
         if self.error is not None:
             raise RuntimeError(f"recording send results failed: {self.error}") from self.error
 
-    def _gather(self) -> list[outbox.Marks | str | None]:
+    def _gather(self) -> list[verdicts.Marks | str | None]:
         batch = [self.queue.get()]
         until = time.monotonic() + self.gather_seconds
-        while isinstance(batch[-1], outbox.Marks):
+        while isinstance(batch[-1], verdicts.Marks):
             left = until - time.monotonic()
             try:
                 batch.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
@@ -157,10 +157,10 @@ class _Recorder:
     def _run(self) -> None:
         while True:
             batch = self._gather()
-            marks = [m for m in batch if isinstance(m, outbox.Marks)]
+            marks = [m for m in batch if isinstance(m, verdicts.Marks)]
             try:
                 if marks and self.error is None:
-                    outbox.write_marks(self.conn, marks)
+                    verdicts.write_marks(self.conn, marks)
             except Exception as e:  # the main thread re-raises it and stops sending
                 log.error(
                     "recording send results of outbox %s failed: %s",
@@ -398,7 +398,7 @@ def _send_batch(
                     message.envelope_from,
                     message.recipients,
                     message.mime,
-                    before_dot=functools.partial(outbox.mark_data_sent, conn, message),
+                    before_dot=functools.partial(verdicts.mark_data_sent, conn, message),
                 )
             except SmtpDropped as e:
                 log.warning(
@@ -408,13 +408,13 @@ def _send_batch(
                     message.key,
                     " (possibly delivered: flagged sent_uncertain)" if e.after_dot else "",
                 )
-                marks = outbox.dropped(
+                marks = verdicts.dropped(
                     message, str(e), after_dot=e.after_dot, account=account, policy=policy
                 )
                 recorder.submit(marks)
                 _count(summary, marks.status, message.sent_uncertain or e.after_dot)
                 continue
-            marks = outbox.verdict(message, delivery, account=account, policy=policy)
+            marks = verdicts.verdict(message, delivery, account=account, policy=policy)
             recorder.submit(marks)
             status = marks.status
             if status != "sent":

@@ -1,4 +1,5 @@
-"""The send queue (``mail.outbox``): enqueue, claim, mark, the retry policy, reclaiming.
+"""The send queue (``mail.outbox``): enqueue, claim, release, the retry policy, reclaiming;
+what a delivery means for a message is in :mod:`erpmail.outbound.verdicts`.
 
 Life of a message: ``queued`` -> claimed as ``sending`` (committed before any SMTP traffic)
 -> ``sent`` (-> ``bounced`` when a hard bounce comes back) | back to ``queued`` with a
@@ -12,33 +13,37 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email import policy as email_policy
 from email.parser import BytesHeaderParser
 
+from psycopg2.extras import execute_values
+
 from erpmail.core.copyread import bytes_by_id
-from erpmail.outbound.accounts import ADVANCE_NEXT_SEND, Account, Slots, take_slots
+from erpmail.outbound.accounts import Account, Slots, take_slots
 from erpmail.outbound.envelope import bounce_token
-from erpmail.outbound.smtp import Delivery
 
 log = logging.getLogger(__name__)
 
 SOURCE_TYPES = ("letter", "notification", "autoreply", "alert", "manual", "campaign")
 
-INSERT_MESSAGE = """
+INSERT_MESSAGES = """
 INSERT INTO mail.outbox (key, message_id, account_id, source_type, source_id, envelope_from,
                          recipients, subject, mime)
-SELECT %(key)s, %(message_id)s, a.id, %(source_type)s, %(source_id)s,
+SELECT v.key, v.message_id, a.id, v.source_type, v.source_id,
        CASE WHEN a.bounce_domain IS NULL THEN a.from_address
-            ELSE 'bounce+' || %(bounce_token)s || '@' || a.bounce_domain END,
-       %(recipients)s, %(subject)s, %(mime)s
-FROM mail.accounts a WHERE a.id = %(account_id)s
+            ELSE 'bounce+' || v.bounce_token || '@' || a.bounce_domain END,
+       v.recipients, v.subject, v.mime
+  FROM (VALUES %s) AS v(key, message_id, account_id, source_type, source_id, bounce_token,
+                        recipients, subject, mime)
+  JOIN mail.accounts a ON a.id = v.account_id
 ON CONFLICT (key) DO NOTHING
-RETURNING id"""
-MESSAGE_BY_KEY = "SELECT id FROM mail.outbox WHERE key = %s"
-ACCOUNT_EXISTS = "SELECT 1 FROM mail.accounts WHERE id = %s"
+RETURNING key, id"""
+MESSAGE_ROW = "(%s, %s, %s::bigint, %s, %s::bigint, %s, %s::text[], %s, %s::bytea)"
+MESSAGES_BY_KEY = "SELECT key, id FROM mail.outbox WHERE key = ANY(%s)"
 INSERT_RECIPIENTS = """
-INSERT INTO mail.outbox_recipients (outbox_id, address) SELECT %s, unnest(%s::text[])"""
+INSERT INTO mail.outbox_recipients (outbox_id, address)
+SELECT * FROM unnest(%s::bigint[], %s::text[])"""
 
 # SKIP LOCKED: concurrent claimers pass over each other's rows instead of waiting; the
 # status is re-checked on the locked row version, so a row is claimed by one worker only.
@@ -84,48 +89,6 @@ SET status = 'queued', claimed_by = NULL, claimed_at = NULL, data_sent_at = NULL
                     THEN 'it never reached the end of DATA' ELSE 'may have been delivered already' END
 WHERE status = 'sending' AND claimed_at < clock_timestamp() - make_interval(secs => %(timeout)s)
 RETURNING id"""
-# A mark lost in a database crash leaves its row in 'sending' (the claim was committed
-# durably), which reclaiming flags sent_uncertain: so marks need not wait for the WAL flush.
-ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
-# just before DATA's text and final dot: if the run dies now, the message may be delivered
-MARK_DATA_SENT = """UPDATE mail.outbox SET data_sent_at = clock_timestamp()
-WHERE id = %s AND status = 'sending' AND claimed_by = %s"""
-# MARK_RECIPIENTS and MARK_SENT take many messages at once, one array per column (see
-# write_marks): a group of verdicts is two statements, not two per message.
-MARK_RECIPIENTS = """
-UPDATE mail.outbox_recipients r
-SET status = v.status, smtp_code = v.code, smtp_reply = v.reply
-FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[])
-     AS v(outbox_id, worker, address, status, code, reply)
-WHERE r.outbox_id = v.outbox_id AND r.address = v.address
-  -- only while the message is still ours: a reclaimed message has a new owner
-  AND EXISTS (SELECT 1 FROM mail.outbox o
-              WHERE o.id = v.outbox_id AND o.status = 'sending' AND o.claimed_by = v.worker)"""
-MARK_SENT = """
-UPDATE mail.outbox o
-SET status = 'sent', sent_at = coalesce(o.sent_at, clock_timestamp()), claimed_by = NULL,
-    claimed_at = NULL, smtp_code = v.code, smtp_reply = v.reply, queue_id = v.queue_id,
-    last_error = NULL,
-    sent_copy = CASE WHEN v.copy AND NOT o.secret AND o.sent_copy = 'none' THEN 'pending' ELSE o.sent_copy END
-FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::boolean[])
-     AS v(id, worker, code, reply, queue_id, copy)
-WHERE o.id = v.id AND o.status = 'sending' AND o.claimed_by = v.worker"""
-MARK_DEFERRED = """
-UPDATE mail.outbox
-SET status = 'queued', claimed_by = NULL, claimed_at = NULL, attempts = attempts + 1,
-    next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s),
-    sent_uncertain = sent_uncertain OR %(uncertain)s,
-    sent_at = CASE WHEN %(partial)s THEN coalesce(sent_at, clock_timestamp()) ELSE sent_at END,
-    smtp_code = %(code)s, smtp_reply = %(reply)s, last_error = %(error)s,
-    sent_copy = CASE WHEN %(partial)s AND %(copy)s AND NOT secret AND sent_copy = 'none'
-                     THEN 'pending' ELSE sent_copy END
-WHERE id = %(id)s AND status = 'sending' AND claimed_by = %(worker)s"""
-MARK_FAILED = """
-UPDATE mail.outbox
-SET status = 'failed', claimed_by = NULL, claimed_at = NULL, attempts = attempts + %(tried)s,
-    sent_uncertain = sent_uncertain OR %(uncertain)s,
-    smtp_code = %(code)s, smtp_reply = %(reply)s, last_error = %(error)s
-WHERE id = %(id)s AND status = 'sending' AND claimed_by = %(worker)s"""
 
 
 @dataclass(frozen=True)
@@ -194,6 +157,21 @@ def _unique_recipients(recipients: list[str], key: str) -> list[str]:
     return list(seen.values())
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A message to queue. ``message_id`` and ``subject`` when the caller built the bytes
+    knowing them (a mail merge); else they are read from the bytes' headers."""
+
+    key: str
+    account_id: int
+    recipients: list[str]
+    mime: bytes
+    source_type: str
+    source_id: int | None = None
+    message_id: str | None = None
+    subject: str | None = None
+
+
 def enqueue(
     cur,
     *,
@@ -209,39 +187,47 @@ def enqueue(
     The same key again is a no-op returning the first id. The Message-ID comes from the
     MIME bytes; ``recipients`` is the envelope (To, Cc and Bcc alike).
     """
-    if not key:
-        raise ValueError("outbox key is empty")
-    if source_type not in SOURCE_TYPES:
-        raise ValueError(f"outbox key {key!r}: source_type {source_type!r} not in {SOURCE_TYPES}")
-    cur.execute(MESSAGE_BY_KEY, (key,))
-    row = cur.fetchone()
-    if row:
-        return row[0]
-    message_id, subject = _header_fields(mime, key)
-    addresses = _unique_recipients(recipients, key)
-    cur.execute(
-        INSERT_MESSAGE,
-        {
-            "key": key,
-            "message_id": message_id,
-            "bounce_token": bounce_token(message_id),
-            "account_id": account_id,
-            "source_type": source_type,
-            "source_id": source_id,
-            "recipients": addresses,
-            "subject": subject,
-            "mime": mime,
-        },
-    )
-    row = cur.fetchone()
-    if row is None:
-        cur.execute(MESSAGE_BY_KEY, (key,))
-        row = cur.fetchone()
-        if row is None:  # not a key race: the SELECT ... FROM accounts found nothing
-            raise ValueError(f"outbox key {key!r}: no mail account with id {account_id}")
-        return row[0]
-    cur.execute(INSERT_RECIPIENTS, (row[0], addresses))
-    return row[0]
+    queued = Queued(key, account_id, recipients, mime, source_type, source_id)
+    return enqueue_many(cur, [queued])[0]
+
+
+def enqueue_many(cur, messages: list[Queued]) -> list[int]:
+    """:func:`enqueue` for many messages in three statements; their ids, in order. A message
+    that cannot be queued raises a ValueError naming its key, before anything is written."""
+    for m in messages:
+        if not m.key:
+            raise ValueError("outbox key is empty")
+        if m.source_type not in SOURCE_TYPES:
+            raise ValueError(f"outbox key {m.key!r}: source_type {m.source_type!r} not in {SOURCE_TYPES}")  # fmt: skip
+    cur.execute(MESSAGES_BY_KEY, ([m.key for m in messages],))
+    ids: dict[str, int] = dict(cur.fetchall())
+    rows, addresses = {}, {}
+    for m in messages:
+        if m.key in ids or m.key in rows:
+            continue
+        if m.message_id is None:
+            message_id, subject = _header_fields(m.mime, m.key)
+        else:
+            message_id, subject = m.message_id, (m.subject or "").strip()
+        addresses[m.key] = _unique_recipients(m.recipients, m.key)
+        rows[m.key] = (m.key, message_id, m.account_id, m.source_type, m.source_id,
+                       bounce_token(message_id), addresses[m.key], subject, m.mime)  # fmt: skip
+    if rows:
+        inserted = dict(
+            execute_values(cur, INSERT_MESSAGES, list(rows.values()), MESSAGE_ROW, fetch=True)
+        )
+        if len(inserted) < len(rows):  # a key queued meanwhile, or no such account
+            cur.execute(MESSAGES_BY_KEY, ([k for k in rows if k not in inserted],))
+            ids.update(cur.fetchall())
+            for m in messages:
+                if m.key not in ids and m.key not in inserted:
+                    raise ValueError(
+                        f"outbox key {m.key!r}: no mail account with id {m.account_id}"
+                    )
+        pairs = [(inserted[k], a) for k in inserted for a in addresses[k]]
+        cur.execute(INSERT_RECIPIENTS, ([i for i, _ in pairs], [a for _, a in pairs]))
+        ids.update(inserted)
+    return [ids[m.key] for m in messages]
 
 
 def claim(
@@ -323,178 +309,3 @@ def reclaim_stuck(conn, *, timeout_seconds: float) -> list[int]:
             ids[:20],
         )
     return ids
-
-
-@dataclass(frozen=True)
-class Marks:
-    """A message's new status and what stores it: ``rows`` for the statements that take many
-    messages at once (MARK_RECIPIENTS, MARK_SENT), then ``statements`` of its own."""
-
-    outbox_id: int
-    status: str  # sent, queued (a retry) or failed
-    rows: tuple[tuple[str, tuple], ...]
-    statements: tuple[tuple[str, object], ...] = ()
-
-
-def verdict(
-    message: OutboxMessage, delivery: Delivery, *, account: Account, policy: RetryPolicy
-) -> Marks:
-    """What the server's reply means for the message and each of its recipients."""
-    names, states, codes, replies = [], [], [], []
-    for address in message.recipients:
-        code, reply = delivery.recipients.get(address, (delivery.code, delivery.reply))
-        if delivery.outcome == "sent":
-            state = "accepted" if code in (250, 251) else _refusal(code)
-        elif code in (250, 251):  # accepted at RCPT, then DATA decided otherwise
-            code, reply = delivery.code, delivery.reply
-            state = "refused" if delivery.outcome == "failed" else "pending"
-        else:
-            state = _refusal(code)
-        names.append(address)
-        states.append(state)
-        codes.append(code)
-        replies.append(reply)
-    worker = message.claimed_by
-    rows = [
-        (MARK_RECIPIENTS, (message.id, worker, *row))
-        for row in zip(names, states, codes, replies, strict=True)
-    ]
-    accepted = message.accepted_before or "accepted" in states
-    copy = account.sent_folder is not None
-    if "pending" not in states and accepted:
-        row = (message.id, worker, delivery.code, delivery.reply, delivery.queue_id, copy)
-        return Marks(message.id, "sent", (*rows, (MARK_SENT, row)), _throttle(account))
-    args = {
-        "id": message.id,
-        "worker": worker,
-        "code": delivery.code,
-        "reply": delivery.reply,
-        "copy": copy,
-        "uncertain": False,
-    }
-    if "pending" not in states:
-        status = "failed"
-        statement = (MARK_FAILED, dict(args, tried=1, error=f"{delivery.stage}: refused"))
-    else:
-        error = _deferral(delivery, states, codes, replies)
-        status, statement = _defer(message, policy, args, error=error, partial=accepted)
-    return Marks(message.id, status, tuple(rows), (statement, *_throttle(account)))
-
-
-def mark_data_sent(conn, message: OutboxMessage) -> None:
-    """Record that the text and dot go now (one round trip on an autocommit connection)."""
-    with conn.cursor() as cur:
-        cur.execute(MARK_DATA_SENT, (message.id, message.claimed_by))
-    if not conn.autocommit:  # the dispatcher's connection commits each mark at once
-        conn.commit()
-
-
-def dropped(
-    message: OutboxMessage,
-    reason: str,
-    *,
-    after_dot: bool,
-    account: Account,
-    policy: RetryPolicy,
-) -> Marks:
-    """The connection broke while sending: retry later. After the final dot the server may
-    have accepted it, so the message is flagged ``sent_uncertain``."""
-    args = {
-        "id": message.id,
-        "worker": message.claimed_by,
-        "code": None,
-        "reply": None,
-        "uncertain": after_dot,
-        "copy": False,
-    }
-    status, statement = _defer(message, policy, args, error=reason, partial=False)
-    return Marks(message.id, status, (), (statement, *_throttle(account)))
-
-
-def write_marks(conn, marks: list[Marks]) -> None:
-    """Store several messages' marks in one transaction and commit.
-
-    Rows of the same statement go in as one statement (recipients before the messages they
-    belong to). On a connection in autocommit mode (the dispatcher's recorder) BEGIN and
-    COMMIT travel in the marks' own query: one round trip, where psycopg2 sends each apart."""
-    grouped: dict[str, list[tuple]] = {MARK_RECIPIENTS: [], MARK_SENT: []}
-    for m in marks:
-        for sql, row in m.rows:
-            grouped[sql].append(row)
-    with conn.cursor() as cur:
-        statements = [ASYNC_COMMIT.encode()]
-        for sql, rows in grouped.items():
-            if rows:  # one array per column
-                statements.append(cur.mogrify(sql, [list(c) for c in zip(*rows, strict=True)]))
-        statements += (cur.mogrify(sql, args) for m in marks for sql, args in m.statements)
-        if conn.autocommit:
-            try:
-                cur.execute(b";\n".join([b"BEGIN", *statements, b"COMMIT"]))
-            except BaseException:
-                # a failed statement leaves the transaction open, skipping the rest
-                if not conn.closed:
-                    cur.execute("ROLLBACK")
-                raise
-            return
-        try:
-            cur.execute(b";\n".join(statements))
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-
-
-def record(
-    conn, message: OutboxMessage, delivery: Delivery, *, account: Account, policy: RetryPolicy
-) -> str:
-    """Store the server's verdict on one message and commit; returns the new status
-    (``sent``, ``queued`` for a retry, or ``failed``)."""
-    marks = verdict(message, delivery, account=account, policy=policy)
-    write_marks(conn, [marks])
-    return marks.status
-
-
-def record_dropped(
-    conn,
-    message: OutboxMessage,
-    reason: str,
-    *,
-    after_dot: bool,
-    account: Account,
-    policy: RetryPolicy,
-) -> str:
-    """:func:`dropped`, stored and committed; returns the new status."""
-    marks = dropped(message, reason, after_dot=after_dot, account=account, policy=policy)
-    write_marks(conn, [marks])
-    return marks.status
-
-
-def _throttle(account: Account) -> tuple[tuple[str, object], ...]:
-    # the send just finished: the account's interval counts from now
-    return ((ADVANCE_NEXT_SEND, (account.id,)),) if account.send_interval_seconds > 0 else ()
-
-
-def _deferral(delivery: Delivery, states: list, codes: list, replies: list) -> str:
-    if delivery.outcome != "sent":
-        return " ".join(str(p) for p in (f"{delivery.stage}:", delivery.code, delivery.reply) if p)
-    # accepted for some recipients, deferred for others: name the first deferral
-    code, reply = next(
-        (c, r) for s, c, r in zip(states, codes, replies, strict=True) if s == "pending"
-    )
-    return f"RCPT: {states.count('pending')} recipient(s) deferred: {code} {reply}"
-
-
-def _refusal(code: int | None) -> str:
-    # None: refused by us before the server could answer, which no retry changes
-    return "refused" if code is None or 500 <= code < 600 else "pending"
-
-
-def _defer(
-    message: OutboxMessage, policy: RetryPolicy, args: dict, *, error: str, partial: bool
-) -> tuple[str, tuple[str, dict]]:
-    attempts = message.attempts + 1
-    if policy.exhausted(attempts, message.created_at, datetime.now(UTC)):
-        failed = dict(args, tried=1, error=f"gave up after {attempts} attempt(s): {error}")
-        return "failed", (MARK_FAILED, failed)
-    deferred = dict(args, delay=policy.delay(attempts), error=error, partial=partial)
-    return "queued", (MARK_DEFERRED, deferred)
