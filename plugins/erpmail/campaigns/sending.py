@@ -12,12 +12,11 @@ from collections import Counter
 from typing import Any
 
 import jinja2
-import psycopg2
 
 from erpmail.campaigns import recipients, unsubscribe
 from erpmail.core import db
 from erpmail.core.progress import Progress
-from erpmail.documents import mime, templates
+from erpmail.documents import mailmerge, mime, templates
 from erpmail.outbound import accounts, outbox
 
 BATCH = 500
@@ -37,8 +36,12 @@ SELECT r.id, r.address, r.language, p.number, p.name, p.street, p.postcode, p.ci
 COUNT_PENDING = (
     "SELECT count(*) FROM mail.campaign_recipients WHERE campaign_id = %s AND status = 'pending'"
 )
-SET_QUEUED = "UPDATE mail.campaign_recipients SET status = 'queued', outbox_id = %s WHERE id = %s"
-SET_FAILED = "UPDATE mail.campaign_recipients SET status = 'failed', reason = %s WHERE id = %s"
+SET_QUEUED = """
+UPDATE mail.campaign_recipients r SET status = 'queued', outbox_id = v.outbox_id
+  FROM unnest(%s::bigint[], %s::bigint[]) AS v(outbox_id, id) WHERE r.id = v.id"""
+SET_FAILED = """
+UPDATE mail.campaign_recipients r SET status = 'failed', reason = v.reason
+  FROM unnest(%s::text[], %s::bigint[]) AS v(reason, id) WHERE r.id = v.id"""
 SET_STATUS = "UPDATE mail.campaigns SET status = %s WHERE id = %s AND status = ANY(%s)"
 STATUS = "SELECT status FROM mail.campaigns WHERE id = %s"
 SUMMARY = """
@@ -75,12 +78,11 @@ def send(campaign_id: int, *, batch: int = BATCH, budget_seconds: float | None =
                     break
                 cur.execute(PENDING, (campaign_id, batch))
                 todo = cur.fetchall()
-                for row in todo:
-                    counts[_queue_one(cur, campaign, account, compiled, row)] += 1
-                progress.add(len(todo))
                 if not todo:
                     cur.execute(SET_STATUS, ("done", campaign_id, ["sending"]))
                     break
+                counts.update(_queue_batch(cur, campaign, account, compiled, todo))
+                progress.add(len(todo))
         progress.update(progress.done, force=True)
         with db.transaction(conn) as cur:
             found = summary(cur, campaign_id)
@@ -100,8 +102,61 @@ def _compile(texts: dict[str, tuple[str, str | None, str]]) -> dict[str, tuple]:
     }  # fmt: skip
 
 
-def _queue_one(cur, campaign: Any, account: Any, compiled: dict, row: tuple) -> str:
-    recipient_id, address, language, number, name, street, postcode, city, country, contact = row
+def _queue_batch(cur, campaign: Any, account: Any, compiled: dict, todo: list[tuple]) -> Counter:
+    """Queue a batch's recipients in one go (a mail merge per language); a recipient whose
+    text cannot be rendered or whose message cannot be built fails alone, with the reason."""
+    domain = account.from_address.rpartition("@")[2]
+    list_headers = unsubscribe.headers(domain)
+    merges: dict[tuple[bool, int], mailmerge.MergeTemplate] = {}  # one Date per batch
+    queued: list[outbox.Queued] = []
+    failed: list[tuple[str, int]] = []
+    for row in todo:
+        recipient_id, address = row[:2]
+        try:
+            subject, text, html = _render(compiled, row)
+            token = unsubscribe.token(recipient_id)
+            shape = (html is not None, len(token))  # what a merge template fixes
+            merge = merges.get(shape)
+            if merge is None:
+                merge = merges[shape] = mailmerge.MergeTemplate(
+                    sender=(account.display_name, account.from_address),
+                    html=html is not None,
+                    fixed={"List-Unsubscribe-Post": list_headers["List-Unsubscribe-Post"],
+                           "Precedence": "bulk"},
+                    tokened={"List-Unsubscribe": list_headers["List-Unsubscribe"]},
+                    token_length=len(token),
+                )  # fmt: skip
+            key = f"campaign:{campaign.id}:{address}"
+            merged = merge.merge(
+                to=address, subject=" ".join(subject.split()), text=text, html=html,
+                message_id=mime.make_message_id(key, domain), token=token,
+                context=f"campaign {campaign.name} recipient {recipient_id}",
+            )  # fmt: skip
+        except (jinja2.TemplateError, ValueError) as exc:  # this recipient fails alone
+            failed.append((f"{type(exc).__name__}: {exc}", recipient_id))
+            continue
+        queued.append(
+            outbox.Queued(
+                key,
+                account.id,
+                [address],
+                merged.mime,
+                "campaign",
+                recipient_id,
+                merged.message_id,
+                merged.subject,
+            )  # fmt: skip
+        )
+    ids = outbox.enqueue_many(cur, queued)
+    cur.execute(SET_QUEUED, (ids, [q.source_id for q in queued]))
+    if failed:
+        cur.execute(SET_FAILED, ([r for r, _ in failed], [i for _, i in failed]))
+    return Counter(queued=len(queued), failed=len(failed))
+
+
+def _render(compiled: dict, row: tuple) -> tuple[str, str, str | None]:
+    """The recipient's subject, text and HTML in its language (else German, else the one)."""
+    _id, _address, language, number, name, street, postcode, city, country, contact = row
     subject_t, html_t, text_t = (
         compiled.get(language) or compiled.get("de") or next(iter(compiled.values()))
     )
@@ -111,35 +166,8 @@ def _queue_one(cur, campaign: Any, account: Any, compiled: dict, row: tuple) -> 
         "contact": {"name": contact} if contact else None,
         "language": language,
     }  # fmt: skip
-    cur.execute("SAVEPOINT recipient")
-    try:
-        key = f"campaign:{campaign.id}:{address}"
-        domain = account.from_address.rpartition("@")[2]
-        message = mime.build_message(
-            sender=(account.display_name, account.from_address),
-            to=[address],
-            subject=" ".join(subject_t.render(variables).split()),
-            text=text_t.render(variables),
-            html=html_t.render(variables) if html_t else None,
-            message_id=mime.make_message_id(key, domain),
-            auto_submitted=None,
-            context=f"campaign {campaign.name} recipient {recipient_id}",
-        )
-        for header, value in unsubscribe.headers(recipient_id, domain).items():
-            message[header] = value
-        message["Precedence"] = "bulk"
-        outbox_id = outbox.enqueue(cur, key=key, account_id=account.id, recipients=[address],
-                                   mime=message.as_bytes(), source_type="campaign",
-                                   source_id=recipient_id)  # fmt: skip
-        cur.execute(SET_QUEUED, (outbox_id, recipient_id))
-        cur.execute("RELEASE SAVEPOINT recipient")
-        return "queued"
-    except (psycopg2.OperationalError, psycopg2.InterfaceError, LookupError):
-        raise  # the connection, or the installation's unsubscribe settings: not this recipient
-    except (jinja2.TemplateError, ValueError) as exc:  # this recipient fails alone
-        cur.execute("ROLLBACK TO SAVEPOINT recipient")
-        cur.execute(SET_FAILED, (f"{type(exc).__name__}: {exc}", recipient_id))
-        return "failed"
+    html = html_t.render(variables) if html_t else None
+    return subject_t.render(variables), text_t.render(variables), html
 
 
 def set_status(campaign_id: int, status: str) -> bool:

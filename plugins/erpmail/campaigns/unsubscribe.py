@@ -60,15 +60,15 @@ def recipient_of(value: str) -> int:
     return recipient_id
 
 
-def headers(recipient_id: int, domain: str) -> dict[str, str]:
-    """``List-Unsubscribe`` (HTTPS one-click and mailto) and ``List-Unsubscribe-Post``."""
+def headers(domain: str) -> dict[str, str]:
+    """``List-Unsubscribe`` (HTTPS one-click and mailto) and ``List-Unsubscribe-Post``, with
+    ``{token}`` where the recipient's :func:`token` goes."""
     base = os.environ.get(PUBLIC_URL_ENV, "").rstrip("/")
     if not base.startswith("https://"):
         raise LookupError(f"{PUBLIC_URL_ENV} is not an https:// URL: no one-click unsubscribe")
-    value = token(recipient_id)
     return {
-        "List-Unsubscribe": f"<{base}/erpmail/unsubscribe/{value}>, "
-        f"<mailto:{MAILTO_LOCAL}+{value}@{domain}?subject=unsubscribe>",
+        "List-Unsubscribe": f"<{base}/erpmail/unsubscribe/{{token}}>, "
+        f"<mailto:{MAILTO_LOCAL}+{{token}}@{domain}?subject=unsubscribe>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
 
