@@ -10,7 +10,6 @@ After the server accepted a message, a copy goes to the account's Sent folder ov
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import queue
@@ -93,16 +92,6 @@ class Summary:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
-
-
-def _marker(url: str | None):
-    """The connection DATA marks go over: autocommit, asynchronous commits (a mark lost in a
-    database crash is made up for by reclaiming, see ``outbox.RECLAIM_STUCK``)."""
-    conn = db.connect(url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SET synchronous_commit = off")
-    return conn
 
 
 class _Recorder:
@@ -278,7 +267,7 @@ def dispatch(
     sessions = _Sessions(reconnect_after)
     recorder = _Recorder(url)
     archiver = Archiver(url)
-    marker = _marker(url)
+    data_marks = verdicts.DataMarks(url)
     claimer = _Claimer(
         url,
         worker,
@@ -329,7 +318,8 @@ def dispatch(
                     ready[account_id] = time.monotonic() + claim.slots.wait_seconds
                 continue
             ok = _send_batch(
-                marker,
+                conn,
+                data_marks,
                 acct,
                 claim.messages,
                 sessions,
@@ -354,7 +344,7 @@ def dispatch(
         summary.released += claimer.close()
         recorder.close()
         archiver.close()
-        marker.close()
+        data_marks.close()
         conn.close()
     summary.seconds = time.monotonic() - start
     _log_progress(progress, summary, force=True)
@@ -364,6 +354,7 @@ def dispatch(
 
 def _send_batch(
     conn,
+    data_marks: verdicts.DataMarks,
     account: Account,
     messages: list[OutboxMessage],
     sessions: _Sessions,
@@ -373,7 +364,7 @@ def _send_batch(
     hold_until: float,
 ) -> bool:
     """Send claimed messages over the account's session; False when the account stopped.
-    ``conn`` (the run's autocommit connection) takes the DATA marks and the releases.
+    ``data_marks`` takes the DATA marks, ``conn`` (the run's connection) the releases.
 
     Past ``hold_until`` (the run's deadline, or half the reclaim timeout after the claim, so
     that no other worker takes a message back while this one may still send it) the rest
@@ -393,13 +384,15 @@ def _send_batch(
                 stop_reason = str(e)
                 return False
             handled += 1
+            data_marks.begin(message)
             try:
-                delivery = session.send(
-                    message.envelope_from,
-                    message.recipients,
-                    message.mime,
-                    before_dot=functools.partial(verdicts.mark_data_sent, conn, message),
-                )
+                try:
+                    delivery = session.send(
+                        message.envelope_from, message.recipients, message.mime,
+                        before_dot=data_marks.wait,
+                    )  # fmt: skip
+                finally:
+                    data_marks.wait()  # refused before DATA: the mark is in all the same
             except SmtpDropped as e:
                 log.warning(
                     "account %r: %s while sending %s; retrying later%s",

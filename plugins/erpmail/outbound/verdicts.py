@@ -5,9 +5,14 @@ may have gone."""
 
 from __future__ import annotations
 
+import select
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import psycopg2
+import psycopg2.extensions
+
+from erpmail.core import db
 from erpmail.outbound.accounts import ADVANCE_NEXT_SEND, Account
 from erpmail.outbound.outbox import OutboxMessage, RetryPolicy
 from erpmail.outbound.smtp import Delivery
@@ -15,6 +20,7 @@ from erpmail.outbound.smtp import Delivery
 # A mark lost in a database crash leaves its row in 'sending' (the claim was committed
 # durably), which reclaiming flags sent_uncertain: so marks need not wait for the WAL flush.
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+ASYNC_MARKS = "SET synchronous_commit = off"  # for the connection, as ASYNC_COMMIT per transaction
 # just before DATA's text and final dot: if the run dies now, the message may be delivered
 MARK_DATA_SENT = """UPDATE mail.outbox SET data_sent_at = clock_timestamp()
 WHERE id = %s AND status = 'sending' AND claimed_by = %s"""
@@ -54,7 +60,6 @@ SET status = 'failed', claimed_by = NULL, claimed_at = NULL, attempts = attempts
     sent_uncertain = sent_uncertain OR %(uncertain)s,
     smtp_code = %(code)s, smtp_reply = %(reply)s, last_error = %(error)s
 WHERE id = %(id)s AND status = 'sending' AND claimed_by = %(worker)s"""
-
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,42 @@ def verdict(
         error = _deferral(delivery, states, codes, replies)
         status, statement = _defer(message, policy, args, error=error, partial=accepted)
     return Marks(message.id, status, tuple(rows), (statement, *_throttle(account)))
+
+
+class DataMarks:
+    """A dispatcher's DATA marks on an asynchronous connection: :meth:`begin` sends the
+    message's mark as its SMTP transaction begins, :meth:`wait` returns once the database has
+    it, just before the text and final dot go. The round trip overlaps MAIL, RCPT and DATA
+    instead of following them. A crash in between flags the message ``sent_uncertain``
+    though its dot may not have gone: a visible maybe, never a silent duplicate."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.conn = psycopg2.connect(url or db.database_url(), application_name="erpmail",
+                                     async_=True)  # fmt: skip
+        self._pending = True
+        self.wait()
+        self.cur = self.conn.cursor()
+        self.cur.execute(ASYNC_MARKS)
+        self._pending = True
+        self.wait()
+
+    def begin(self, message: OutboxMessage) -> None:
+        self.cur.execute(MARK_DATA_SENT, (message.id, message.claimed_by))
+        self._pending = True
+
+    def wait(self) -> None:
+        """Until the last mark is in (at once when none is on its way); raises its error."""
+        while self._pending:
+            state = self.conn.poll()
+            if state == psycopg2.extensions.POLL_OK:
+                self._pending = False
+            elif state == psycopg2.extensions.POLL_READ:
+                select.select([self.conn], [], [])
+            elif state == psycopg2.extensions.POLL_WRITE:
+                select.select([], [self.conn], [])
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def mark_data_sent(conn, message: OutboxMessage) -> None:
