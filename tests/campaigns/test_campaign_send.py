@@ -113,6 +113,12 @@ def test_the_right_set_gets_it_once_in_its_language_and_one_click_unsubscribes(c
         assert msg["Subject"] == f"{subject} Kunde {n}"
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert msg["Precedence"] == "bulk" and msg["Auto-Submitted"] is None
+    raw = next(m.data for m in server.messages if b"To: c1@example.com\r\n" in m.data)
+    assert b"List-Unsubscribe: <https://erp.example.com/erpmail/unsubscribe/" in raw
+    # a campaign keeps no copy per recipient: the campaign and its recipients are the record
+    assert dagtest.rows(conn, "SELECT count(*) FROM mail.messages WHERE direction = 'out'") == [
+        (0,)
+    ]
     html = by_address["c3@example.com"].get_body(("html",)).get_content()
     assert "Hallo Kunde 3 &amp; Team" in html
 

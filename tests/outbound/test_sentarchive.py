@@ -43,3 +43,30 @@ def test_each_sent_mail_is_archived_once_with_its_decoded_headers(
             ["k@x.example"],
         )
         assert archive.read(path) == bytes(mime)
+
+
+def test_a_message_that_keeps_no_copy_is_neither_archived_nor_filed(
+    db, monkeypatch, smtp_server, tmp_path
+):
+    monkeypatch.setenv("ERPMAIL_ARCHIVE_URL", f"file://{tmp_path}/archive")
+    account = account_on(db, monkeypatch, smtp_server)
+    kept, unkept = enqueue_many(db, account, 2)
+    with transaction(db) as cur:
+        cur.execute("UPDATE mail.outbox SET keep_copy = false WHERE id = %s", (unkept,))
+        cur.execute(
+            "UPDATE mail.accounts SET sent_folder = 'Sent', sent_folder_conn_id = 'imap_nowhere'"
+            " WHERE id = %s",
+            (account.id,),
+        )
+
+    assert dispatcher.dispatch(account=account.name, budget_seconds=5).sent == 2
+
+    with transaction(db) as cur:
+        cur.execute(
+            "SELECT o.id, o.sent_copy, o.sent_archived_at IS NOT NULL, m.id IS NOT NULL"
+            " FROM mail.outbox o LEFT JOIN mail.messages m ON m.outbox_id = o.id ORDER BY o.id"
+        )
+        rows = cur.fetchall()
+    # the kept one waits for its Sent-folder copy (no IMAP here) and is archived; the other
+    # is marked done without a copy anywhere
+    assert rows == [(kept, "pending", True, True), (unkept, "none", True, False)]

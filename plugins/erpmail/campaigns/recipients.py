@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 CAMPAIGN = """
 SELECT id, name, company, account, segment, segment_params, customer_groups, languages,
-       countries, start_at, status, frozen_at
+       countries, start_at, status, frozen_at, keep_copies
   FROM mail.campaigns WHERE id = %s"""
 LANGUAGES = "SELECT language FROM mail.campaign_texts WHERE campaign_id = %s"
 # per member: the address (the contact's, else the partner's), the language, and what
@@ -60,6 +60,7 @@ class Campaign:
     start_at: datetime | None
     status: str
     frozen_at: datetime | None
+    keep_copies: bool = False
 
 
 def load(cur, campaign_id: int, *, lock: bool = False) -> Campaign:

@@ -145,7 +145,8 @@ def _queue_batch(cur, campaign: Any, account: Any, compiled: dict, todo: list[tu
                 recipient_id,
                 merged.message_id,
                 merged.subject,
-            )  # fmt: skip
+                campaign.keep_copies,
+            )
         )
     ids = outbox.enqueue_many(cur, queued)
     cur.execute(SET_QUEUED, (ids, [q.source_id for q in queued]))

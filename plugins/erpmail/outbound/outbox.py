@@ -29,17 +29,17 @@ SOURCE_TYPES = ("letter", "notification", "autoreply", "alert", "manual", "campa
 
 INSERT_MESSAGES = """
 INSERT INTO mail.outbox (key, message_id, account_id, source_type, source_id, envelope_from,
-                         recipients, subject, mime)
+                         recipients, subject, mime, keep_copy)
 SELECT v.key, v.message_id, a.id, v.source_type, v.source_id,
        CASE WHEN a.bounce_domain IS NULL THEN a.from_address
             ELSE 'bounce+' || v.bounce_token || '@' || a.bounce_domain END,
-       v.recipients, v.subject, v.mime
+       v.recipients, v.subject, v.mime, v.keep_copy
   FROM (VALUES %s) AS v(key, message_id, account_id, source_type, source_id, bounce_token,
-                        recipients, subject, mime)
+                        recipients, subject, mime, keep_copy)
   JOIN mail.accounts a ON a.id = v.account_id
 ON CONFLICT (key) DO NOTHING
 RETURNING key, id"""
-MESSAGE_ROW = "(%s, %s, %s::bigint, %s, %s::bigint, %s, %s::text[], %s, %s::bytea)"
+MESSAGE_ROW = "(%s, %s, %s::bigint, %s, %s::bigint, %s, %s::text[], %s, %s::bytea, %s::boolean)"
 MESSAGES_BY_KEY = "SELECT key, id FROM mail.outbox WHERE key = ANY(%s)"
 INSERT_RECIPIENTS = """
 INSERT INTO mail.outbox_recipients (outbox_id, address)
@@ -160,7 +160,8 @@ def _unique_recipients(recipients: list[str], key: str) -> list[str]:
 @dataclass(frozen=True)
 class Queued:
     """A message to queue. ``message_id`` and ``subject`` when the caller built the bytes
-    knowing them (a mail merge); else they are read from the bytes' headers."""
+    knowing them (a mail merge); else they are read from the bytes' headers. ``keep_copy``
+    False: no copy in the sent-mail archive or the Sent folder."""
 
     key: str
     account_id: int
@@ -170,6 +171,7 @@ class Queued:
     source_id: int | None = None
     message_id: str | None = None
     subject: str | None = None
+    keep_copy: bool = True
 
 
 def enqueue(
@@ -211,7 +213,7 @@ def enqueue_many(cur, messages: list[Queued]) -> list[int]:
             message_id, subject = m.message_id, (m.subject or "").strip()
         addresses[m.key] = _unique_recipients(m.recipients, m.key)
         rows[m.key] = (m.key, message_id, m.account_id, m.source_type, m.source_id,
-                       bounce_token(message_id), addresses[m.key], subject, m.mime)  # fmt: skip
+                       bounce_token(message_id), addresses[m.key], subject, m.mime, m.keep_copy)  # fmt: skip
     if rows:
         inserted = dict(
             execute_values(cur, INSERT_MESSAGES, list(rows.values()), MESSAGE_ROW, fetch=True)

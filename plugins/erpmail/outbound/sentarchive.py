@@ -31,7 +31,7 @@ IDLE_SECONDS = 0.2  # the archiver's pause when no sent mail waits for its copy
 # Sent messages without their archived copy; row locks keep two dispatchers apart.
 UNARCHIVED = """
 SELECT o.id, o.account_id, o.message_id, o.sent_at, l.id, l.partner_id,
-       coalesce(l.keep_pdf, true) AND NOT o.secret
+       coalesce(l.keep_pdf, true) AND NOT o.secret AND o.keep_copy
   FROM mail.outbox o
   LEFT JOIN erp.letters l ON o.source_type = 'letter' AND l.id = o.source_id
  WHERE o.status = 'sent' AND o.sent_archived_at IS NULL
@@ -63,7 +63,9 @@ def archive_sent(conn, *, limit: int = BATCH) -> int:
     with db.transaction(conn) as cur:
         cur.execute(UNARCHIVED, (limit,))
         rows = cur.fetchall()
-        kept = [row for row in rows if row[6]]  # no copy of a level's that keeps none, or a secret
+        kept = [
+            row for row in rows if row[6]
+        ]  # none of a level's that keeps none, a secret, a campaign's
         mime = bytes_by_id(cur, SENT_MIME, ([row[0] for row in kept],)) if kept else {}
         letters = letter_open_items(cur, [row[4] for row in kept if row[4] is not None])
         values, keys, linked = [], [], {}

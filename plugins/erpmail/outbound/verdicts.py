@@ -40,7 +40,7 @@ UPDATE mail.outbox o
 SET status = 'sent', sent_at = coalesce(o.sent_at, clock_timestamp()), claimed_by = NULL,
     claimed_at = NULL, smtp_code = v.code, smtp_reply = v.reply, queue_id = v.queue_id,
     last_error = NULL,
-    sent_copy = CASE WHEN v.copy AND NOT o.secret AND o.sent_copy = 'none' THEN 'pending' ELSE o.sent_copy END
+    sent_copy = CASE WHEN v.copy AND NOT o.secret AND o.keep_copy AND o.sent_copy = 'none' THEN 'pending' ELSE o.sent_copy END
 FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::boolean[])
      AS v(id, worker, code, reply, queue_id, copy)
 WHERE o.id = v.id AND o.status = 'sending' AND o.claimed_by = v.worker"""
@@ -51,7 +51,8 @@ SET status = 'queued', claimed_by = NULL, claimed_at = NULL, attempts = attempts
     sent_uncertain = sent_uncertain OR %(uncertain)s,
     sent_at = CASE WHEN %(partial)s THEN coalesce(sent_at, clock_timestamp()) ELSE sent_at END,
     smtp_code = %(code)s, smtp_reply = %(reply)s, last_error = %(error)s,
-    sent_copy = CASE WHEN %(partial)s AND %(copy)s AND NOT secret AND sent_copy = 'none'
+    sent_copy = CASE WHEN %(partial)s AND %(copy)s AND NOT secret AND keep_copy
+                     AND sent_copy = 'none'
                      THEN 'pending' ELSE sent_copy END
 WHERE id = %(id)s AND status = 'sending' AND claimed_by = %(worker)s"""
 MARK_FAILED = """
