@@ -58,7 +58,7 @@ demo: venv
 	$(VENV)/bin/erpmail demo
 
 bench: venv system-packages postgres
-	for b in pdf send import retention campaign dunning; do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+	for b in pdf send import retention campaign dunning signing; do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf var/demo var/archive

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -153,3 +153,82 @@ def make_certs(directory: Path) -> CertSet:
     _write_cert(paths.wronghost_cert, wrong)
     _write_key(paths.wronghost_key, wrong_key)
     return paths
+
+
+@dataclass(frozen=True)
+class SigningIdentity:
+    """An S/MIME signing certificate of the test CA (unless self-signed), its key and both as
+    PKCS#12 (``pkcs12``, encrypted with ``password``), as a signer's Airflow connection holds
+    them."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    pkcs12: bytes
+    password: str
+
+    @property
+    def fingerprint(self) -> str:
+        return self.cert.fingerprint(hashes.SHA256()).hex()
+
+
+def signing_identity(
+    certs: CertSet,
+    email: str,
+    *,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    foreign_key: bool = False,
+    password: str = "p12-secret",
+    rsa_bits: int = 0,
+) -> SigningIdentity:
+    """A certificate for signing mail as ``email``, issued by the test CA of ``certs``.
+
+    ``not_before``/``not_after`` default to an hour ago and 30 days on; ``foreign_key``
+    bundles a key that is not the certificate's (the certificate then sits in the PKCS#12
+    as an extra certificate, since a bundle marking it as the key's would be refused);
+    ``rsa_bits`` gives an RSA key of that size instead of EC P-256.
+    """
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
+    key = rsa.generate_private_key(65537, rsa_bits) if rsa_bits else _key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(email))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or now - dt.timedelta(hours=1))
+        .not_valid_after(not_after or now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    bundled_key = _key() if foreign_key else key
+    encryption = serialization.BestAvailableEncryption(password.encode())
+    if foreign_key:
+        data = pkcs12.serialize_key_and_certificates(
+            email.encode(), bundled_key, None, [cert], encryption
+        )
+    else:
+        data = pkcs12.serialize_key_and_certificates(email.encode(), key, cert, None, encryption)
+    return SigningIdentity(cert, bundled_key, data, password)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
@@ -15,6 +15,9 @@ from email_validator import EmailNotValidError, validate_email
 from erpmail.core import archive, db
 from erpmail.core.progress import Progress
 from erpmail.documents.runs import SET_FAILED, DocumentKind, Run, load_run
+
+if TYPE_CHECKING:  # signing pulls in cryptography: imported where a letter is built
+    from erpmail.documents.signing import Signatures
 
 # Letters per routing transaction (each letter in its own savepoint).
 ROUTE_CHUNK = 100
@@ -37,14 +40,17 @@ UPDATE erp.letters l SET status = CASE o.status WHEN 'sent' THEN 'sent' ELSE 'fa
        error = CASE WHEN o.status <> 'sent' THEN erp.outbox_failure_reason(o.id) END
   FROM mail.outbox o
  WHERE o.id = l.outbox_id AND l.id = %s AND o.status IN ('sent', 'bounced', 'failed', 'cancelled')"""
-# The addresses a letter may go to: the contact of the kind's role first, then the partner.
-# An address blocked after its hard bounces (mail.address_health) counts as blocked too.
+# The addresses a letter may go to: a recipient fixed when the letter was generated (a
+# document on demand: the address the ERP named, or its document's contact), else the contact
+# of the kind's role, then the partner. An address blocked after its hard bounces
+# (mail.address_health) counts as blocked too.
 ADDRESSES = """
 SELECT p.email,
        p.email_blocked OR EXISTS (
            SELECT 1 FROM mail.address_health h
-            WHERE h.address = lower(trim(coalesce(c.email, p.email))) AND h.blocked_at IS NOT NULL),
-       c.email
+            WHERE h.address = lower(trim(coalesce(l.recipient, c.email, p.email)))
+              AND h.blocked_at IS NOT NULL),
+       coalesce(l.recipient, c.email)
   FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
   LEFT JOIN LATERAL (
        SELECT c.email FROM erp.contacts c
@@ -110,9 +116,12 @@ def _letter_message(
     address: str,
     context: Any,
     senders: dict[str, Any],
+    signatures: Signatures | None = None,
 ) -> tuple[str, int, bytes]:
-    """The letter's mail: (outbox key, account id, MIME bytes) with the archived PDF attached."""
-    from erpmail.documents import mime, templates
+    """The letter's mail: (outbox key, account id, MIME bytes) with the archived PDF attached,
+    signed where ``mail.signing_rules`` or the run's user say so (``signing.Signatures``, one
+    per batch; None: a new one). A refused signature raises: nothing is queued for it."""
+    from erpmail.documents import mime, signing, templates
     from erpmail.outbound import accounts
 
     if isinstance(context, Exception):
@@ -129,7 +138,9 @@ def _letter_message(
         subject=rendered.subject,
         text=rendered.text,
         html=rendered.html,
-        attachments=[
+        # a kind may attach files of its own (documents on demand: one per document)
+        attachments=context.extra.get("attachments")
+        or [
             mime.Attachment(
                 # named from the subject; build_message makes it a safe file name
                 filename=f"{rendered.subject}.pdf",
@@ -141,7 +152,12 @@ def _letter_message(
         reply_to=context.extra.get("reply_address") or None,
         context=f"letter {letter_id} partner {number}",
     )
-    return key, account.id, message.as_bytes()
+    if signatures is None:
+        signatures = signing.Signatures()
+    data = signatures.message_bytes(
+        cur, message, document=run.kind, account=account.name, user=(run.params or {}).get("user")
+    )
+    return key, account.id, data
 
 
 def route_batch(
@@ -154,6 +170,7 @@ def route_batch(
     whose message cannot be built is ``failed`` alone (its savepoint rolled back). A dry run
     routes nothing.
     """
+    from erpmail.documents import signing
     from erpmail.outbound import outbox
 
     counts: Counter[str] = Counter()
@@ -170,6 +187,7 @@ def route_batch(
             f"run {run_id} batch {batch}: routed", len(todo), unit="letters", log=log
         )
         senders: dict[str, Any] = {}
+        signatures = signing.Signatures()  # each signer's PKCS#12 read once per batch
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             # one commit per chunk: each letter and its outbox row still commit together
@@ -193,6 +211,7 @@ def route_batch(
                                 route.address,
                                 context,
                                 senders,
+                                signatures,
                             )
                             outbox_id = outbox.enqueue(
                                 cur,
