@@ -56,6 +56,7 @@ def test_dagbag_has_no_import_errors_and_every_dag_is_documented(airflow_db):
 REQUIRED = {
     "payment_advice": {"payment_run": "P20261231-1"},
     "link_mail": {"message": "1", "number": "000001"},
+    "send_documents": {"documents": [{"kind": "invoice", "number": "RE-1001"}]},
 }
 
 

@@ -4,6 +4,7 @@ letter (``erpmail.documents.pdf``), each PDF archived; a letter that fails fails
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from psycopg2.extras import execute_values
 
@@ -30,6 +31,23 @@ def archive_key(run: Run, document: str, partner_number: str, letter_id: int) ->
     return f"review/{folder}/{name}" if run.dry_run else f"{folder}/{name}"
 
 
+def rendered_letter(engine: Any, context: Any, document: str) -> Any:
+    """``engine.render_letter(context)`` (a context that is an exception raises it); a
+    TemplateError naming the template when ``document`` has no letter.html in its language."""
+    from erpmail.documents import templates
+
+    if isinstance(context, Exception):
+        raise context
+    rendered = engine.render_letter(context)
+    if not rendered.letter_html:
+        raise templates.TemplateError(
+            f"document {document!r} has no letter.html in {rendered.language!r}",
+            template=f"{document}/{rendered.language}/letter.html",
+            language=rendered.language,
+        )
+    return rendered
+
+
 def render_batch(
     run_id: int,
     batch: int,
@@ -54,15 +72,7 @@ def render_batch(
         for letter_id, number in todo:
             try:
                 context = contexts.get(letter_id) or LookupError("letter has no context")
-                if isinstance(context, Exception):
-                    raise context
-                rendered = engine.render_letter(context)
-                if not rendered.letter_html:
-                    raise templates.TemplateError(
-                        f"document {kind.document!r} has no letter.html in {rendered.language!r}",
-                        template=f"{kind.document}/{rendered.language}/letter.html",
-                        language=rendered.language,
-                    )
+                rendered = rendered_letter(engine, context, kind.document)
             except Exception as exc:  # one letter's template fails that letter alone
                 failed[letter_id] = f"letter {letter_id} (partner {number}): {exc}"
                 continue

@@ -137,6 +137,7 @@ KINDS = {
     "dunning": "erpmail.documents.dunning:DUNNING",
     "balance_confirmation": "erpmail.documents.balance_confirmation:BALANCE_CONFIRMATION",
     "payment_advice": "erpmail.documents.payment_advice:PAYMENT_ADVICE",
+    "on_demand": "erpmail.documents.on_demand:ON_DEMAND",
 }
 
 

@@ -359,11 +359,16 @@ class SummarizeRunOperator(BaseOperator):
         return summary.summarize(int(self.erp_run))
 
 
-def document_tasks(kind: str, *, approval: bool = False) -> tuple[BaseOperator, BaseOperator]:
+def document_tasks(
+    kind: str, *, approval: bool = False, render: type[RenderBatchOperator] = RenderBatchOperator
+) -> tuple[BaseOperator, BaseOperator]:
     """Add a whole document run of ``kind`` to the DAG being defined: ``start``, ``generate``,
     ``plan``, the task group ``batch`` mapped per batch (``batch.render`` then
     ``batch.route``), ``print_batch`` after every batch, ``summary`` last. The DAG's params
     are the form. Returns the first and the last task, to wire more around them.
+
+    ``render``: the operator rendering one batch, for a kind whose letters are not one
+    template each (documents on demand).
 
     ``approval``: the form has the ``approval`` field; when it is on, ``approve`` waits for
     every batch's render and every route waits for ``approve`` (``approval_gate`` skips it
@@ -379,13 +384,13 @@ def document_tasks(kind: str, *, approval: bool = False) -> tuple[BaseOperator, 
     @task_group(group_id="batch")
     def batch(erp_run: Any, batch: Any) -> None:
         """One batch: rendered, then routed, without waiting for the other batches."""
-        render = RenderBatchOperator(task_id="render", kind=kind, erp_run=erp_run, batch=batch)
+        rendered = render(task_id="render", kind=kind, erp_run=erp_run, batch=batch)
         route = RouteBatchOperator(
             task_id="route", kind=kind, erp_run=erp_run, batch=batch, trigger_rule="none_failed"
         )
-        render >> route
+        rendered >> route
         if approve is not None:
-            render >> approve >> route
+            rendered >> approve >> route
 
     batches = batch.partial(erp_run=start.output).expand(batch=plan.output)
     summary = SummarizeRunOperator(task_id="summary", erp_run=start.output)

@@ -14,6 +14,7 @@ DOCUMENT_DAGS = {
     "dunning_run": "dunning",
     "balance_confirmation": "balance_confirmation",
     "payment_advice": "payment_advice",
+    "send_documents": "on_demand",
 }
 MAX_ROWS = 5000
 
