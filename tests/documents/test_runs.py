@@ -123,6 +123,16 @@ def test_kinds_are_found_by_name() -> None:
 FORM = {"company": "DEMO", "key_date": KEY.isoformat(), "levels": ["2", 1, "1"], "note": "n"}
 
 
+def test_the_user_who_triggers_a_run_is_kept_for_signing(ledger) -> None:
+    run = runs.start_run(DUNNING, "manual__anna", FORM, user="anna")
+    kept = rows(ledger, "SELECT params->>'user' FROM erp.runs WHERE id = %s", run)
+    assert kept == [("anna",)]
+    scheduled = runs.start_run(DUNNING, "scheduled__x", FORM, user=None)
+    assert rows(ledger, "SELECT params ? 'user' FROM erp.runs WHERE id = %s", scheduled) == [
+        (False,)
+    ]
+
+
 def test_start_run_checks_the_form_and_resumes(ledger) -> None:
     run = runs.start_run(DUNNING, "manual__form", {**FORM, "partner_from": "000002"})
     assert runs.start_run(DUNNING, "manual__form", FORM) == run  # a rerun resumes

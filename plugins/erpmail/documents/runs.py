@@ -251,20 +251,27 @@ def partner_range(form: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return low, high
 
 
-def start_run(kind: DocumentKind, airflow_run_id: str, form: Mapping[str, Any]) -> int:
+def start_run(
+    kind: DocumentKind, airflow_run_id: str, form: Mapping[str, Any], *, user: str | None = None
+) -> int:
     """Check the form with the kind's ``prepare`` and create (or, on a rerun, find) the run.
+    ``user``: who triggered it (the Airflow login, an ``erp.users`` login), kept in its params
+    as ``user`` unless the form names one: whose certificate signs where that user signs.
 
     A ``ValueError`` naming the param when the form does not fit; nothing is written then.
     """
     with db.transaction() as cur:
         request = kind.prepare(cur, form)
+    params = dict(request.params)
+    if user and not params.get("user"):
+        params["user"] = user
     return create_run(
         kind=kind.kind,
         airflow_run_id=airflow_run_id,
         company=form["company"],
         key_date=request.key_date,
         dry_run=bool(form.get("dry_run")),
-        params=request.params,
+        params=params,
         note=form.get("note") or "",
     )
 

@@ -131,9 +131,11 @@ class StartDocumentRunOperator(BaseOperator):
         from erpmail.documents import runs
 
         try:
+            dag_run = context["dag_run"]
             return runs.start_run(
-                runs.kind_named(self.kind), context["dag_run"].run_id, context["params"]
-            )
+                runs.kind_named(self.kind), dag_run.run_id, context["params"],
+                user=getattr(dag_run, "triggering_user_name", None),
+            )  # fmt: skip
         except ValueError as exc:  # a form that does not fit: retrying will not help
             raise AirflowFailException(str(exc)) from exc
 
