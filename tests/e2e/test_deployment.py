@@ -6,6 +6,7 @@ task supervisor inside Celery's worker processes, never through ``dag.test()``.
 
 from __future__ import annotations
 
+import base64
 import email
 import html
 import json
@@ -32,11 +33,14 @@ from erpmail.core import archive, db, inventory
 from erpmail.inbound.imap import ImapHook
 from tests import mailcorpus
 from tests.conftest import TEST_DB_URL
+from tests.documents.erp_documents import REFERENCES, erp_document
+from tests.documents.test_signing import openssl_verify
 from tests.e2e import services
 from tests.inbound import dsns
-from tests.mailaccounts import COMPANY_CONN_ID, company_account
+from tests.mailaccounts import COMPANY_CONN_ID, SENDER, company_account
 from tests.mailcorpus import add_location, simple
 from tests.servers.smtpd import start_smtpd
+from tests.servers.tlsca import signing_identity
 
 # Enough partners for two render batches (documents.MIN_BATCH_SIZE letters each at least)
 # of several render chunks each.
@@ -137,7 +141,13 @@ def deployment(tls_ca, dovecot, tmp_path_factory) -> Iterator[Deployment]:
     smtp = start_smtpd(tls_ca, users={"erpmail": secrets.token_urlsafe(12)}, auth_required=True)
     imap = dovecot.add_user()
     login, password = smtp.credentials
+    signer = signing_identity(tls_ca, SENDER)  # the accounting address signs documents
     connections = {
+        "AIRFLOW_CONN_PKCS12_E2E": {
+            "conn_type": "generic",
+            "password": signer.password,
+            "extra": {"pkcs12": base64.b64encode(signer.pkcs12).decode()},
+        },
         f"AIRFLOW_CONN_{COMPANY_CONN_ID.upper()}": {
             "conn_type": "smtp",
             "host": smtp.host,
@@ -857,3 +867,85 @@ def test_the_trigger_form_submits_with_its_defaults_in_a_browser(deployment):
     conf = created[0]["conf"]
     assert conf.get("company") == "DEMO" and conf.get("dry_run") is False
     assert conf.get("partner_from") in (None, "") and conf.get("key_date") in (None, "")
+
+
+def test_documents_on_demand_go_out_signed_from_a_rest_trigger_through_the_workers(
+    deployment, tls_ca, tmp_path
+):
+    with db.transaction(db.connect(deployment.erp_url)) as cur:
+        # partners of their own: the seeded ones carry the earlier tests' letters
+        cur.execute(
+            "INSERT INTO erp.partners (company, number, name, email, language) VALUES"
+            " ('DEMO', 'OD1', 'Kunde OD1', 'od1@example.com', 'de'),"
+            " ('DEMO', 'OD2', 'Customer OD2', 'p000002@example.com', 'en') RETURNING id"
+        )
+        (first,), (second,) = cur.fetchall()
+        cur.execute(
+            "INSERT INTO erp.contacts (partner_id, name, email, role)"
+            " VALUES (%s, 'Buchhaltung', 'ap@p000001.example.com', 'accounting')",
+            (first,),
+        )
+        erp_document(cur, "invoice", "RE-1001", first)
+        erp_document(cur, "offer", "AN-2001", first)
+        erp_document(cur, "order_confirmation", "AB-3001", second)
+        cur.execute(
+            "INSERT INTO erp.users (login, name, email, language) VALUES ('signer', 'Signer', %s, 'de')",
+            (SENDER,),
+        )
+        cur.execute(
+            "INSERT INTO mail.signers (login, may_sign, conn_id) VALUES ('signer', true, 'pkcs12_e2e')"
+        )
+        cur.execute(
+            "INSERT INTO mail.signing_rules (document, signer) VALUES ('on_demand', 'signer')"
+        )
+    references = [*REFERENCES, {"kind": "invoice", "number": "RE-404"}]
+    deployment.set_paused("send_documents", False)
+    run = deployment.trigger("send_documents", {"company": "DEMO", "documents": references})
+    assert run.status_code == 200, run.text
+    run_id = run.json()["dag_run_id"]
+    deployment.finished_run("send_documents", run_id)
+    deployment.set_paused("send_documents", True)
+    before = len(deployment.smtp.messages)
+    to = {"ap@p000001.example.com", "p000002@example.com"}
+    deployment.set_paused("outbox_dispatch", False)
+    try:
+        deployment.wait(
+            "the two partners' mails",
+            lambda: {m["To"] for m in _received(deployment, before)} >= to,
+            timeout=240,
+            every=5,
+        )
+    finally:
+        deployment.set_paused("outbox_dispatch", True)
+    # earlier tests' mail may go out in the same dispatch: these two addresses get one each
+    ours = [(m, raw) for m, raw in _received(deployment, before, raw=True) if m["To"] in to]
+    mails = {m["To"]: (m, raw) for m, raw in ours}
+    assert len(ours) == len(mails) == 2
+    for address, names in (
+        ("ap@p000001.example.com", {"Rechnung RE-1001.pdf", "Angebot AN-2001.pdf"}),
+        ("p000002@example.com", {"Order confirmation AB-3001.pdf"}),
+    ):
+        message, raw = mails[address]
+        assert message.get_content_type() == "multipart/signed"
+        code, content, _ = openssl_verify(tls_ca, raw, tmp_path)
+        assert code == 0, address  # verifies against the test CA, signed in a worker
+        signed = email.message_from_bytes(content, policy=policy.default)
+        assert {p.get_filename() for p in signed.iter_attachments()} == names
+    assert deployment.rows(
+        "SELECT number, status, error LIKE '%%RE-404%%' FROM erp.run_document_status"
+        " WHERE airflow_run_id = %s ORDER BY position",
+        run_id,
+    ) == [
+        ("RE-1001", "sent", None),
+        ("AB-3001", "sent", None),
+        ("AN-2001", "sent", None),
+        ("RE-404", "failed", True),
+    ]
+
+
+def _received(deployment, since: int, raw: bool = False) -> list:
+    found = [
+        (email.message_from_bytes(m.data, policy=policy.default), m.data)
+        for m in deployment.smtp.messages[since:]
+    ]
+    return found if raw else [m for m, _ in found]
