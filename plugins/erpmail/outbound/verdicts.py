@@ -24,8 +24,6 @@ ASYNC_MARKS = "SET synchronous_commit = off"  # for the connection, as ASYNC_COM
 # just before DATA's text and final dot: if the run dies now, the message may be delivered
 MARK_DATA_SENT = """UPDATE mail.outbox SET data_sent_at = clock_timestamp()
 WHERE id = %s AND status = 'sending' AND claimed_by = %s"""
-PREPARE_MARK = "PREPARE erpmail_data_mark (bigint, text) AS " + MARK_DATA_SENT % ("$1", "$2")
-EXECUTE_MARK = "EXECUTE erpmail_data_mark (%s, %s)"
 # MARK_RECIPIENTS and MARK_SENT take many messages at once, one array per column (see
 # write_marks): a group of verdicts is two statements, not two per message.
 MARK_RECIPIENTS = """
@@ -137,13 +135,9 @@ class DataMarks:
         self.cur.execute(ASYNC_MARKS)
         self._pending = True
         self.wait()
-        # prepared once: each mark is then a short EXECUTE, parsed and planned no more
-        self.cur.execute(PREPARE_MARK)
-        self._pending = True
-        self.wait()
 
     def begin(self, message: OutboxMessage) -> None:
-        self.cur.execute(EXECUTE_MARK, (message.id, message.claimed_by))
+        self.cur.execute(MARK_DATA_SENT, (message.id, message.claimed_by))
         self._pending = True
 
     def wait(self) -> None:
