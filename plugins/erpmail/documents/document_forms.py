@@ -16,15 +16,11 @@ import psycopg2.extensions
 from erpmail.core import archive, db
 from erpmail.documents import runs
 from erpmail.documents.on_demand import ERP_KINDS, KIND
-from erpmail.documents.rendering import archive_key, rendered_letter
+from erpmail.documents.rendering import TO_RENDER, archive_key, rendered_letter
 from erpmail.documents.runs import SET_FAILED, Run, load_run
 
 log = logging.getLogger(__name__)
 
-TO_RENDER = """
-SELECT l.id, p.number FROM erp.letters l JOIN erp.partners p ON p.id = l.partner_id
- WHERE l.run_id = %s AND l.batch = %s AND l.status = 'generated'
- ORDER BY p.number, l.id"""
 DOCUMENTS = """
 SELECT id, letter_id, kind, number, document_id, advice_letter_id, source_path
   FROM erp.run_documents WHERE letter_id = ANY(%s) AND status = 'requested'
