@@ -284,21 +284,37 @@ def test_reclaim_stuck_flags_only_what_may_have_been_delivered(db):
     verdicts.mark_data_sent(db, claimed[in_data])  # its text and final dot were on their way
     with transaction(db) as cur:
         cur.execute(
-            "UPDATE mail.outbox SET claimed_at = now() - interval '20 minutes' WHERE id <> %s",
+            # seconds, not minutes: older than PostgreSQL's start, every claim counts as sent
+            "UPDATE mail.outbox SET claimed_at = claimed_at - interval '5 seconds' WHERE id <> %s",
             (fresh,),
         )
-    assert sorted(outbox.reclaim_stuck(db, timeout_seconds=600)) == sorted([in_data, before_data])
+    assert sorted(outbox.reclaim_stuck(db, timeout_seconds=3)) == sorted([in_data, before_data])
     maybe, never = outbox_row(db, in_data), outbox_row(db, before_data)
     assert (maybe["status"], maybe["sent_uncertain"], maybe["claimed_by"]) == ("queued", True, None)
     assert "dead" in maybe["last_error"] and "may have been delivered" in maybe["last_error"]
     assert (never["status"], never["sent_uncertain"]) == ("queued", False)
     assert "never reached the end of DATA" in never["last_error"]
     assert outbox_row(db, fresh)["status"] == "sending"
-    # claimed again, the mark of the earlier attempt is gone
-    (again,) = [
-        m for m in outbox.claim(db, account, worker="w", limit=3).messages if m.id == in_data
-    ]
-    assert outbox_row(db, again.id)["data_sent_at"] is None
+    with transaction(db) as cur:
+        cur.execute("SELECT outbox_id FROM mail.outbox_data_marks")
+        assert cur.fetchall() == []  # spent once its claim is reclaimed
+
+
+def test_a_mark_counts_only_for_the_claim_it_was_made_in(db):
+    account = add_account(db)
+    (oid,) = enqueue_many(db, account, 1)
+    (first,) = outbox.claim(db, account, worker="w", limit=1).messages
+    verdicts.mark_data_sent(db, first)
+    deferred = Delivery(
+        "deferred", 451, "4.3.0 try later", "DATA", {first.recipients[0]: (250, "OK")}
+    )
+    verdicts.record(db, first, deferred, account=account, policy=RetryPolicy(base_seconds=0))
+    # the same worker claims it again and dies before DATA: the first attempt's mark is old
+    outbox.claim(db, account, worker="w", limit=1)
+    assert outbox.reclaim_stuck(db, timeout_seconds=0) == [oid]
+    stored = outbox_row(db, oid)
+    assert (stored["status"], stored["sent_uncertain"]) == ("queued", False)
+    assert "never reached the end of DATA" in stored["last_error"]
 
 
 def test_release_returns_messages_untouched(db):

@@ -49,8 +49,7 @@ SELECT * FROM unnest(%s::bigint[], %s::text[])"""
 # status is re-checked on the locked row version, so a row is claimed by one worker only.
 CLAIM = """
 UPDATE mail.outbox o
-SET status = 'sending', claimed_by = %(worker)s, claimed_at = clock_timestamp(),
-    data_sent_at = NULL
+SET status = 'sending', claimed_by = %(worker)s, claimed_at = clock_timestamp()
 WHERE o.id IN (
     SELECT id FROM mail.outbox
     WHERE account_id = %(account_id)s AND status = 'queued'
@@ -76,19 +75,28 @@ UPDATE mail.outbox
 SET status = 'queued', claimed_by = NULL, claimed_at = NULL, last_error = %(reason)s
 WHERE id = ANY(%(ids)s) AND status = 'sending'
   AND (%(worker)s::text IS NULL OR claimed_by = %(worker)s)"""
-# Only a message whose final dot may have gone (data_sent_at) may be delivered; a claim older
+# A mark counts for the claim it was made in (verdicts.MARK_DATA_SENT).
+_MARKED = """EXISTS (SELECT 1 FROM mail.outbox_data_marks m
+                 WHERE m.outbox_id = mail.outbox.id AND m.claimed_by = mail.outbox.claimed_by
+                   AND m.marked_at >= mail.outbox.claimed_at)"""
+# Only a message whose final dot may have gone (its DATA mark) may be delivered; a claim older
 # than PostgreSQL's restart may have lost that asynchronous mark, so it counts as delivered.
-RECLAIM_STUCK = """
+RECLAIM_STUCK = f"""
 UPDATE mail.outbox
-SET status = 'queued', claimed_by = NULL, claimed_at = NULL, data_sent_at = NULL,
-    sent_uncertain = sent_uncertain OR data_sent_at IS NOT NULL
-                     OR claimed_at < pg_postmaster_start_time(),
+SET status = 'queued', claimed_by = NULL, claimed_at = NULL,
+    sent_uncertain = sent_uncertain OR {_MARKED} OR claimed_at < pg_postmaster_start_time(),
     last_error = 'reclaimed from ' || coalesce(claimed_by, '?') || ' after '
                  || %(timeout)s || ' s in sending: '
-                 || CASE WHEN data_sent_at IS NULL AND claimed_at >= pg_postmaster_start_time()
+                 || CASE WHEN NOT {_MARKED} AND claimed_at >= pg_postmaster_start_time()
                     THEN 'it never reached the end of DATA' ELSE 'may have been delivered already' END
 WHERE status = 'sending' AND claimed_at < clock_timestamp() - make_interval(secs => %(timeout)s)
 RETURNING id"""
+# Marks of messages no longer in the claim they were made in: finished, released, reclaimed.
+DROP_SPENT_MARKS = """
+DELETE FROM mail.outbox_data_marks m
+WHERE NOT EXISTS (SELECT 1 FROM mail.outbox o
+                  WHERE o.id = m.outbox_id AND o.status = 'sending'
+                    AND o.claimed_by = m.claimed_by)"""
 
 
 @dataclass(frozen=True)
@@ -297,10 +305,12 @@ def release(conn, ids: list[int], reason: str, *, worker: str | None = None) -> 
 
 
 def reclaim_stuck(conn, *, timeout_seconds: float) -> list[int]:
-    """Requeue messages in ``sending`` longer than the timeout, flagged ``sent_uncertain``."""
+    """Requeue messages in ``sending`` longer than the timeout, flagged ``sent_uncertain`` when
+    their DATA mark says they may have gone; drop the marks nothing needs any more."""
     with conn.cursor() as cur:
         cur.execute(RECLAIM_STUCK, {"timeout": timeout_seconds})
         ids = sorted(r[0] for r in cur.fetchall())
+        cur.execute(DROP_SPENT_MARKS)
     conn.commit()
     if ids:
         log.warning(
