@@ -42,7 +42,11 @@ UPDATE mail.outbox o
 SET status = 'sent', sent_at = coalesce(o.sent_at, clock_timestamp()), claimed_by = NULL,
     claimed_at = NULL, smtp_code = v.code, smtp_reply = v.reply, queue_id = v.queue_id,
     last_error = NULL,
-    sent_copy = CASE WHEN v.copy AND NOT o.secret AND o.keep_copy AND o.sent_copy = 'none' THEN 'pending' ELSE o.sent_copy END
+    sent_copy = CASE WHEN v.copy AND NOT o.secret AND o.keep_copy AND o.sent_copy = 'none' THEN 'pending' ELSE o.sent_copy END,
+    -- no archived copy to make: done now, not by another row version from the archiver
+    sent_archived_at = CASE WHEN o.secret OR NOT o.keep_copy
+                            THEN coalesce(o.sent_archived_at, clock_timestamp())
+                            ELSE o.sent_archived_at END
 FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::boolean[])
      AS v(id, worker, code, reply, queue_id, copy)
 WHERE o.id = v.id AND o.status = 'sending' AND o.claimed_by = v.worker"""
