@@ -110,6 +110,7 @@ class _Recorder:
         self.gather_seconds = gather_seconds
         self.queue: queue.Queue[verdicts.Marks | str | None] = queue.Queue()
         self.error: BaseException | None = None
+        self._urgent = threading.Event()
         self.thread = threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
         self.thread.start()
 
@@ -120,11 +121,13 @@ class _Recorder:
     def flush(self) -> None:
         """Wait until every submitted verdict is committed."""
         self.queue.put(self._FLUSH)
+        self._urgent.set()
         self.queue.join()
         self._raise()
 
     def close(self) -> None:
         self.queue.put(None)
+        self._urgent.set()
         self.thread.join()
         self.conn.close()
 
@@ -134,11 +137,14 @@ class _Recorder:
 
     def _gather(self) -> list[verdicts.Marks | str | None]:
         batch = [self.queue.get()]
-        until = time.monotonic() + self.gather_seconds
+        if isinstance(batch[0], verdicts.Marks):
+            # asleep for the window, not woken by each verdict put: the sending thread keeps
+            # the interpreter; flush() and close() cut the window short
+            self._urgent.wait(self.gather_seconds)
+            self._urgent.clear()
         while isinstance(batch[-1], verdicts.Marks):
-            left = until - time.monotonic()
             try:
-                batch.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
+                batch.append(self.queue.get_nowait())
             except queue.Empty:
                 break
         return batch
