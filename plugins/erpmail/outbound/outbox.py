@@ -90,7 +90,7 @@ SET status = 'queued', claimed_by = NULL, claimed_at = NULL,
                  || CASE WHEN NOT {_MARKED} AND claimed_at >= pg_postmaster_start_time()
                     THEN 'it never reached the end of DATA' ELSE 'may have been delivered already' END
 WHERE status = 'sending' AND claimed_at < clock_timestamp() - make_interval(secs => %(timeout)s)
-RETURNING id"""
+RETURNING id"""  # noqa: S608 (composed of constants; the timeout is bound)
 # Marks of messages no longer in the claim they were made in: finished, released, reclaimed.
 DROP_SPENT_MARKS = """
 DELETE FROM mail.outbox_data_marks m
