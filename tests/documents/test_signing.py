@@ -10,7 +10,6 @@ import datetime as dt
 import email
 import json
 import shutil
-import subprocess
 from email import policy
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +24,7 @@ from erpmail.documents import mime, signing
 from erpmail.outbound import dispatch as dispatcher
 from tests.documents.pipeline import LETTERS, OUTBOX, dunning_run, rows, run_steps
 from tests.mailaccounts import COMPANY_CONN_ID, SENDER, smtp_connection
-from tests.servers.tlsca import CertSet, SigningIdentity, signing_identity
+from tests.servers.tlsca import CertSet, SigningIdentity, openssl_verify, signing_identity
 
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
 
@@ -68,24 +67,6 @@ def add_rule(conn, signer: str | None, document: str | None = None, account: str
             "INSERT INTO mail.signing_rules (document, account, signer) VALUES (%s, %s, %s)",
             (document, account, signer),
         )
-
-
-def openssl_verify(tls_ca: CertSet, data: bytes, tmp: Path, command: str = "smime") -> tuple:
-    """(return code, the content openssl says is signed, the signer's certificate PEM)."""
-    source, content, signer = tmp / f"in-{command}.eml", tmp / "content", tmp / "signer.pem"
-    source.write_bytes(data)
-    for path in (content, signer):
-        path.unlink(missing_ok=True)
-    done = subprocess.run(
-        ["openssl", command, "-verify", "-CAfile", str(tls_ca.ca_cert), "-in", str(source)]
-        + ["-out", str(content), "-signer", str(signer)],
-        capture_output=True,
-    )
-    return (
-        done.returncode,
-        content.read_bytes() if content.exists() else b"",
-        signer.read_bytes() if signer.exists() else b"",
-    )
 
 
 def signed_part(data: bytes) -> bytes:

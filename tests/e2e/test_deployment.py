@@ -34,13 +34,12 @@ from erpmail.inbound.imap import ImapHook
 from tests import mailcorpus
 from tests.conftest import TEST_DB_URL
 from tests.documents.erp_documents import REFERENCES, erp_document
-from tests.documents.test_signing import openssl_verify
 from tests.e2e import services
 from tests.inbound import dsns
 from tests.mailaccounts import COMPANY_CONN_ID, SENDER, company_account
 from tests.mailcorpus import add_location, simple
 from tests.servers.smtpd import start_smtpd
-from tests.servers.tlsca import signing_identity
+from tests.servers.tlsca import openssl_verify, signing_identity
 
 # Enough partners for two render batches (documents.MIN_BATCH_SIZE letters each at least)
 # of several render chunks each.

@@ -1,4 +1,5 @@
-"""A throwaway test CA and the certificates the server fixtures present.
+"""A throwaway test CA, the certificates the server fixtures present, and openssl's verdict
+on signed mail.
 
 `make_certs(dir)` writes PEM files and returns their paths; EC P-256 keeps generation fast.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,3 +234,22 @@ def signing_identity(
     else:
         data = pkcs12.serialize_key_and_certificates(email.encode(), key, cert, None, encryption)
     return SigningIdentity(cert, bundled_key, data, password)
+
+
+def openssl_verify(tls_ca: CertSet, data: bytes, tmp: Path, command: str = "smime") -> tuple:
+    """``openssl smime|cms -verify`` of ``data`` against the test CA: (return code, the
+    content openssl says is signed, the signer's certificate PEM)."""
+    source, content, signer = tmp / f"in-{command}.eml", tmp / "content", tmp / "signer.pem"
+    source.write_bytes(data)
+    for path in (content, signer):
+        path.unlink(missing_ok=True)
+    done = subprocess.run(
+        ["openssl", command, "-verify", "-CAfile", str(tls_ca.ca_cert), "-in", str(source)]
+        + ["-out", str(content), "-signer", str(signer)],
+        capture_output=True,
+    )
+    return (
+        done.returncode,
+        content.read_bytes() if content.exists() else b"",
+        signer.read_bytes() if signer.exists() else b"",
+    )
