@@ -22,7 +22,7 @@ from erpmail.outbound.smtp import Delivery
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
 ASYNC_MARKS = "SET synchronous_commit = off"  # for the connection, as ASYNC_COMMIT per transaction
 # just before DATA's text and final dot: if the run dies now, the message may be delivered.
-# A narrow row of its own, not an UPDATE of the outbox row: a tenth of the database's work.
+# A narrow row of its own, not an UPDATE of the outbox row with its eleven indexes.
 MARK_DATA_SENT = """INSERT INTO mail.outbox_data_marks (outbox_id, claimed_by) VALUES (%s, %s)
 ON CONFLICT (outbox_id) DO UPDATE SET claimed_by = EXCLUDED.claimed_by,
                                       marked_at = EXCLUDED.marked_at"""
